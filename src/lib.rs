@@ -8,8 +8,16 @@
 //! - [`providers`]: one module per provider; pure request builders and
 //!   answer classifiers.
 //! - [`store`]: durable state (SQLite default, PostgreSQL), all SQL.
+//! - [`config`]: config.toml and connector files → validated settings.
+//! - [`engine`]: runs waterfalls against providers (limits, retries,
+//!   async jobs, callbacks, group commit of results).
 
+pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod core;
+pub mod engine;
 pub mod providers;
 pub mod secret;
 pub mod store;
+pub mod telemetry;

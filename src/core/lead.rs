@@ -102,6 +102,8 @@ pub struct IdentityFields {
     pub email: String,
     pub job_title: String,
     pub country: String,
+    /// A phone number already on the record (counts as the phone channel).
+    pub phone: String,
     pub icp_score: String,
 }
 
@@ -117,6 +119,7 @@ impl Default for IdentityFields {
             email: "email".into(),
             job_title: "jobtitle".into(),
             country: "country".into(),
+            phone: "phone".into(),
             icp_score: "icp_score".into(),
         }
     }

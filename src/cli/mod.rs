@@ -1,0 +1,269 @@
+//! The `enrichd` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::clock::SystemClock;
+use crate::config::{ConfigError, EnvSecrets, Settings};
+use crate::engine::report::RunReport;
+use crate::engine::{Engine, EngineError, EngineOptions, RunOptions};
+
+mod demo;
+pub mod input;
+pub mod output;
+
+#[derive(Debug, Parser)]
+#[command(name = "enrichd", version, about = "Fills the contact channels your CRM leads are missing, through a waterfall of enrichment providers, and records who supplied each value.")]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = "config.toml", env = "ENRICHD_CONFIG")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration and connector files; print what is configured.
+    Check,
+    /// Apply the database migrations.
+    Migrate,
+    /// Enrich the leads in a CSV, JSON or JSON Lines file.
+    Enrich(EnrichArgs),
+    /// Run enrichd against local simulators of the providers, on a fresh SQLite file.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnrichArgs {
+    /// Leads: .csv (header row with an `id` column), .json (array) or .jsonl.
+    pub file: PathBuf,
+    /// Workspace id (default: the first in the config).
+    #[arg(long, short)]
+    pub workspace: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Do not draw a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Input(#[from] input::InputError),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Input(_) | CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub async fn main(cli: Cli) -> ExitCode {
+    let res = match cli.command {
+        Command::Check => check(&cli.config),
+        Command::Migrate => migrate(&cli.config).await,
+        Command::Enrich(args) => enrich(&cli.config, args).await,
+        Command::Demo(args) => demo::run(&cli.config, args).await,
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn check(config: &Path) -> Result<(), CliError> {
+    let s = Settings::load(config, &EnvSecrets)?;
+    println!("{}: ok", config.display());
+    println!("storage: {}", redact_url(&s.storage_url));
+    for (id, a) in &s.accounts {
+        let limits: Vec<String> = a
+            .limits
+            .windows()
+            .iter()
+            .map(|(w, n)| format!("{n}/{}s", w.as_secs()))
+            .collect();
+        println!(
+            "provider {id}: {} ({:?}) at {} · limits {}",
+            a.connector.name,
+            a.connector.role,
+            a.base_url,
+            if limits.is_empty() { "none".into() } else { limits.join(", ") }
+        );
+    }
+    for w in &s.workspaces {
+        println!("workspace {} ({}){}", w.id, w.name, if w.enabled { "" } else { " · enrichment OFF" });
+        for (c, order) in &w.order {
+            if !order.is_empty() {
+                println!("  {c}: {}", order.join(" → "));
+            }
+        }
+        if let Some(v) = &w.verifier {
+            println!("  verifier: {v} · catch-all: {:?}", w.catch_all);
+        }
+        for a in &w.audiences {
+            println!("  audience {}: {} ({} conditions)", a.name, a.channels, a.conditions.len());
+        }
+        match w.budget {
+            Some(b) => println!("  budget: {} credits per {:?}", b.credits, b.period),
+            None => println!("  budget: unlimited"),
+        }
+    }
+    Ok(())
+}
+
+async fn migrate(config: &Path) -> Result<(), CliError> {
+    let s = Settings::load(config, &EnvSecrets)?;
+    let store = crate::store::open(&s.storage_url).await?;
+    store.migrate().await?;
+    println!("migrations applied to {}", redact_url(&s.storage_url));
+    Ok(())
+}
+
+async fn enrich(config: &Path, args: EnrichArgs) -> Result<(), CliError> {
+    let settings = Arc::new(Settings::load(config, &EnvSecrets)?);
+    let ws = pick_workspace(&settings, args.workspace.as_deref())?;
+    let loaded = input::read_leads(&args.file)?;
+    for p in &loaded.problems {
+        eprintln!("warning: {}: {p} (skipped)", args.file.display());
+    }
+    let store = crate::store::open(&settings.storage_url).await?;
+    store.migrate().await?;
+    let (engine, _server) = start_engine(settings.clone(), store).await?;
+    let report = run_with_progress(&engine, &ws, loaded.leads, args.format == Format::Table && !args.no_progress).await?;
+    print_report(&report, args.format);
+    Ok(())
+}
+
+pub(crate) fn pick_workspace(s: &Settings, id: Option<&str>) -> Result<Arc<crate::config::Workspace>, CliError> {
+    match id {
+        Some(id) => s.workspace(id).cloned().ok_or_else(|| {
+            let known: Vec<&str> = s.workspaces.iter().map(|w| w.id.as_str()).collect();
+            CliError::Usage(format!("unknown workspace `{id}` (configured: {})", known.join(", ")))
+        }),
+        None => s
+            .workspaces
+            .first()
+            .cloned()
+            .ok_or_else(|| CliError::Usage("no workspace configured".into())),
+    }
+}
+
+/// Starts the engine and, when configured, the callback server.
+pub(crate) async fn start_engine(
+    settings: Arc<Settings>,
+    store: Arc<dyn crate::store::Store>,
+) -> Result<(Arc<Engine>, Option<tokio::task::JoinHandle<()>>), CliError> {
+    let listener = match settings.listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            CliError::Usage(format!("cannot listen on {addr} (server.listen): {e}; change server.listen or stop the other process"))
+        })?),
+        None => None,
+    };
+    let callback_base = match (&listener, &settings.public_url) {
+        (Some(_), Some(u)) => Some(u.clone()),
+        (Some(l), None) => l.local_addr().ok().map(|a| format!("http://{a}")),
+        _ => None,
+    };
+    let engine = Arc::new(Engine::new(
+        settings,
+        store,
+        Arc::new(SystemClock),
+        EngineOptions {
+            callback_base,
+            ..EngineOptions::default()
+        },
+    )?);
+    let server = listener.map(|l| {
+        let app = crate::engine::callbacks::router(engine.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "callback server stopped");
+            }
+        })
+    });
+    Ok((engine, server))
+}
+
+pub(crate) async fn run_with_progress(
+    engine: &Arc<Engine>,
+    ws: &Arc<crate::config::Workspace>,
+    leads: Vec<crate::core::lead::Lead>,
+    progress: bool,
+) -> Result<RunReport, CliError> {
+    let bar = if progress && leads.len() > 1 {
+        let pb = indicatif::ProgressBar::new(leads.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} leads [{bar:40}] {per_sec} · eta {eta} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let pb = bar.clone();
+    let opts = RunOptions {
+        progress: Some(Arc::new(move |_r| pb.inc(1))),
+    };
+    let report = engine.enrich(ws, leads, opts).await?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+pub(crate) fn print_report(r: &RunReport, format: Format) {
+    match format {
+        Format::Table => print!("{}", output::render_table(r)),
+        Format::Json => println!("{}", output::render_json(r)),
+    }
+}
+
+/// A database URL without its password.
+pub fn redact_url(u: &str) -> String {
+    match (u.find("://"), u.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &u[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &u[..s + 3], &u[at..]),
+                None => u.to_string(),
+            }
+        }
+        _ => u.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact_url("sqlite:///x.db"), "sqlite:///x.db");
+    }
+}
