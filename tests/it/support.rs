@@ -1,0 +1,319 @@
+//! A test harness: simulators on loopback, a config.toml written for them
+//! and loaded through the real config path, a fresh store, and the real
+//! engine (with its callback server when asked).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use enrichd::clock::SystemClock;
+use enrichd::config::{Settings, Workspace};
+use enrichd::core::channel::Channel;
+use enrichd::core::lead::{Lead, LeadId};
+use enrichd::engine::report::RunReport;
+use enrichd::engine::{Engine, EngineOptions};
+use enrichd::store::Store;
+use enrichd_sim::{Knowledge, Population, ProviderKind, SimChannel, SimOptions, SimServer, Word};
+
+/// Account limits far above anything a test sends.
+pub const FAST_LIMITS: &str = "limits = { per_second = 100000, per_minute = 6000000, per_hour = 360000000, per_day = 2000000000 }";
+
+pub fn sim_channel(c: Channel) -> SimChannel {
+    match c {
+        Channel::WorkEmail => SimChannel::WorkEmail,
+        Channel::PersonalEmail => SimChannel::PersonalEmail,
+        Channel::Phone => SimChannel::Phone,
+        Channel::LinkedinUrl => SimChannel::LinkedinUrl,
+    }
+}
+
+struct ProviderSpec {
+    account: String,
+    kind: ProviderKind,
+    opts: SimOptions,
+    extra: String,
+}
+
+pub struct HarnessBuilder {
+    seed: u64,
+    size: usize,
+    providers: Vec<ProviderSpec>,
+    workspace: String,
+    engine: String,
+    callbacks: bool,
+    store_url: Option<String>,
+}
+
+impl HarnessBuilder {
+    pub fn new(size: usize) -> Self {
+        HarnessBuilder {
+            seed: 11,
+            size,
+            providers: Vec::new(),
+            workspace: String::new(),
+            engine: String::new(),
+            callbacks: false,
+            store_url: None,
+        }
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// A provider account named `account` backed by a simulator.
+    pub fn provider(self, account: &str, kind: ProviderKind, opts: SimOptions) -> Self {
+        self.provider_with(account, kind, opts, "")
+    }
+
+    /// A provider whose rate limits are out of the way (simulator and
+    /// account both unlimited in practice): for tests about something else.
+    pub fn fast_provider(self, account: &str, kind: ProviderKind, opts: SimOptions) -> Self {
+        self.provider_with(account, kind, opts.unlimited(), FAST_LIMITS)
+    }
+
+    /// ... with extra lines for its `[providers.<account>]` table.
+    pub fn provider_with(mut self, account: &str, kind: ProviderKind, opts: SimOptions, extra: &str) -> Self {
+        self.providers.push(ProviderSpec {
+            account: account.to_string(),
+            kind,
+            opts,
+            extra: extra.to_string(),
+        });
+        self
+    }
+
+    /// The body of the `[[workspaces]]` table (its id is `t`).
+    pub fn workspace(mut self, toml: &str) -> Self {
+        self.workspace = toml.to_string();
+        self
+    }
+
+    /// Extra `[engine]` lines.
+    pub fn engine(mut self, toml: &str) -> Self {
+        self.engine = toml.to_string();
+        self
+    }
+
+    /// Serve the callback endpoint (async providers then call back).
+    pub fn callbacks(mut self) -> Self {
+        self.callbacks = true;
+        self
+    }
+
+    /// Use this store URL instead of a fresh SQLite file.
+    pub fn store_url(mut self, url: &str) -> Self {
+        self.store_url = Some(url.to_string());
+        self
+    }
+
+    pub async fn start(self) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let population = Arc::new(Population::generate(self.seed, self.size));
+        let mut sims = BTreeMap::new();
+        let mut secrets = BTreeMap::new();
+        let store_url = self
+            .store_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/enrichd.db", dir.path().display()));
+        let mut engine = self.engine.clone();
+        for (key, value) in [
+            ("concurrency", "32"),
+            ("batch_window_ms", "50"),
+            ("async_timeout_secs", "20"),
+            ("poll_interval_secs", "1"),
+            ("max_retry_wait_secs", "5"),
+        ] {
+            if !engine.contains(key) {
+                engine.push_str(&format!("\n{key} = {value}"));
+            }
+        }
+        let mut toml = format!("[storage]\nurl = \"{store_url}\"\n\n[engine]\n{engine}\n\n");
+        for p in self.providers {
+            let sim = enrichd_sim::start(p.kind, population.clone(), p.opts).await.expect("start simulator");
+            let var = format!("KEY_{}", p.account.to_uppercase());
+            secrets.insert(var.clone(), sim.api_key().to_string());
+            let mut defaults = String::new();
+            for (key, line) in [("timeout_secs", "timeout_secs = 2\n"), ("max_retries", "max_retries = 2\n")] {
+                if !p.extra.contains(key) {
+                    defaults.push_str(line);
+                }
+            }
+            toml.push_str(&format!(
+                "[providers.{acc}]\nconnector = \"{conn}\"\napi_key_env = \"{var}\"\nbase_url = \"{url}\"\n{defaults}{extra}\n\n",
+                acc = p.account,
+                conn = p.kind.name(),
+                url = sim.base_url(),
+                extra = p.extra,
+            ));
+            sims.insert(p.account, sim);
+        }
+        let prefix = toml.clone();
+        toml.push_str(&format!("[[workspaces]]\nid = \"t\"\n{}\n", self.workspace));
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &toml).expect("write config");
+        let settings = match Settings::from_str(&path, &toml, &secrets) {
+            Ok(s) => Arc::new(s),
+            Err(e) => panic!("test config invalid:\n{e}\n---\n{toml}"),
+        };
+        let store = enrichd::store::open(&settings.storage_url).await.expect("open store");
+        store.migrate().await.expect("migrate");
+        let listener = if self.callbacks {
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"))
+        } else {
+            None
+        };
+        let callback_base = listener
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().expect("addr")));
+        let engine = Arc::new(
+            Engine::new(
+                settings.clone(),
+                store.clone(),
+                Arc::new(SystemClock),
+                EngineOptions {
+                    callback_base: callback_base.clone(),
+                    ..EngineOptions::default()
+                },
+            )
+            .expect("engine"),
+        );
+        if let Some(l) = listener {
+            let app = enrichd::engine::callbacks::router(engine.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app).await;
+            });
+        }
+        let ws = settings.workspace("t").expect("workspace t").clone();
+        Harness {
+            population,
+            sims,
+            engine,
+            store,
+            ws,
+            settings,
+            callback_base,
+            config_path: path,
+            config_prefix: prefix,
+            secrets,
+            _dir: dir,
+        }
+    }
+}
+
+pub struct Harness {
+    pub population: Arc<Population>,
+    pub sims: BTreeMap<String, SimServer>,
+    pub engine: Arc<Engine>,
+    pub store: Arc<dyn Store>,
+    pub ws: Arc<Workspace>,
+    pub settings: Arc<Settings>,
+    pub callback_base: Option<String>,
+    pub config_path: PathBuf,
+    config_prefix: String,
+    secrets: BTreeMap<String, String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    pub fn lead_id(i: usize) -> LeadId {
+        LeadId(format!("p{i}"))
+    }
+
+    /// Person `i` as a CRM lead (no contact channels on the record).
+    pub fn lead(&self, i: usize) -> Lead {
+        Lead {
+            id: Self::lead_id(i),
+            fields: self.population.person(i).crm_fields().into_iter().collect(),
+        }
+    }
+
+    pub fn leads(&self, range: std::ops::Range<usize>) -> Vec<Lead> {
+        range.map(|i| self.lead(i)).collect()
+    }
+
+    pub async fn run(&self, leads: Vec<Lead>) -> RunReport {
+        self.engine
+            .enrich(&self.ws, leads, Default::default())
+            .await
+            .expect("run")
+    }
+
+    pub fn sim(&self, account: &str) -> &SimServer {
+        &self.sims[account]
+    }
+
+    /// Requests received by every simulator.
+    pub fn total_requests(&self) -> u64 {
+        self.sims.values().map(|s| s.stats().requests).sum()
+    }
+
+    /// What `account`'s simulator holds for person `i` on `channel`.
+    pub fn knows(&self, account: &str, i: usize, c: Channel) -> Option<Knowledge> {
+        let sim = self.sim(account);
+        sim.options().profile.knows(&self.population, &sim.options().name, i, sim_channel(c))
+    }
+
+    /// The value `account` would supply for person `i` on `channel` that
+    /// passes the bar with a strict catch-all policy and no verifier.
+    pub fn usable_from(&self, account: &str, i: usize, c: Channel) -> Option<String> {
+        // PDL gives emails no deliverability status at all.
+        if c.is_email() && self.sim(account).kind() == ProviderKind::Pdl {
+            return None;
+        }
+        // connectors/prospeo.toml asks with only_verified_email = true:
+        // without a verified email Prospeo answers NO_MATCH, phone included.
+        if c == Channel::Phone
+            && self.sim(account).kind() == ProviderKind::Prospeo
+            && self.usable_from(account, i, Channel::WorkEmail).is_none()
+        {
+            return None;
+        }
+        self.knows(account, i, c).filter(|k| k.word == Word::Verified || !c.is_email()).map(|k| k.value)
+    }
+
+    /// The same providers and store with workspace `t` redefined: what a
+    /// user gets after editing config.toml and starting again.
+    pub fn reconfigure(&self, workspace: &str) -> (Arc<Workspace>, Arc<Engine>) {
+        let toml = format!("{}[[workspaces]]\nid = \"t\"\n{workspace}\n", self.config_prefix);
+        let settings = match Settings::from_str(&self.config_path, &toml, &self.secrets) {
+            Ok(s) => Arc::new(s),
+            Err(e) => panic!("test config invalid:\n{e}"),
+        };
+        let engine = Arc::new(
+            Engine::new(settings.clone(), self.store.clone(), Arc::new(SystemClock), EngineOptions::default())
+                .expect("engine"),
+        );
+        (settings.workspace("t").expect("workspace").clone(), engine)
+    }
+
+    /// A second engine on the same store and settings (another process's view).
+    pub fn second_engine(&self) -> Arc<Engine> {
+        Arc::new(
+            Engine::new(
+                self.settings.clone(),
+                self.store.clone(),
+                Arc::new(SystemClock),
+                EngineOptions {
+                    callback_base: self.callback_base.clone(),
+                    ..EngineOptions::default()
+                },
+            )
+            .expect("engine"),
+        )
+    }
+}
+
+/// Waits until `f` holds, up to `timeout`.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
