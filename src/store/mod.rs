@@ -20,6 +20,7 @@ use crate::core::outcome::{MilliCredits, OutcomeKind};
 use crate::core::value::{ChannelValue, UnixMillis};
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -35,7 +36,10 @@ pub enum StoreError {
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row in {table}: {message}")]
-    Corrupt { table: &'static str, message: String },
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
     #[error("unsupported database URL `{0}`: use sqlite://<file> or postgres://<user>@<host>/<db>")]
     UnsupportedUrl(String),
 }
@@ -214,9 +218,14 @@ impl JobState {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [JobState::Pending, JobState::Received, JobState::Done, JobState::Expired]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        [
+            JobState::Pending,
+            JobState::Received,
+            JobState::Done,
+            JobState::Expired,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
     }
 }
 
@@ -266,9 +275,13 @@ pub enum WriteOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// `charged` is true when this op took the charge (its key was new).
-    Value { charged: bool },
+    Value {
+        charged: bool,
+    },
     /// Spend entries: `recorded` is false for a duplicate key.
-    Spend { recorded: bool },
+    Spend {
+        recorded: bool,
+    },
     Done,
 }
 
@@ -329,8 +342,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, HashMap<LeadId, StoredLead>>;
 
     /// Applies `ops` in one transaction; the result has one entry per op.
-    fn apply<'a>(&'a self, ws: &'a WorkspaceId, ops: &'a [WriteOp])
-    -> StoreFuture<'a, Vec<Applied>>;
+    fn apply<'a>(
+        &'a self,
+        ws: &'a WorkspaceId,
+        ops: &'a [WriteOp],
+    ) -> StoreFuture<'a, Vec<Applied>>;
 
     /// The counters of a budget period (zeros when it has none yet).
     fn budget<'a>(&'a self, ws: &'a WorkspaceId, period: &'a str) -> StoreFuture<'a, BudgetRow>;
@@ -351,18 +367,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Settles a reservation: what was not charged against it returns to the
     /// budget. Settling twice is a no-op that returns `None`.
-    fn settle<'a>(&'a self, ws: &'a WorkspaceId, reservation: i64)
-    -> StoreFuture<'a, Option<Settlement>>;
+    fn settle<'a>(
+        &'a self,
+        ws: &'a WorkspaceId,
+        reservation: i64,
+    ) -> StoreFuture<'a, Option<Settlement>>;
 
     /// Settles every open reservation past its `expires_at` (after a crash).
     fn settle_expired<'a>(&'a self, ws: &'a WorkspaceId, now: UnixMillis) -> StoreFuture<'a, u64>;
 
-    fn values<'a>(&'a self, ws: &'a WorkspaceId, id: &'a LeadId)
-    -> StoreFuture<'a, Vec<ChannelValue>>;
+    fn values<'a>(
+        &'a self,
+        ws: &'a WorkspaceId,
+        id: &'a LeadId,
+    ) -> StoreFuture<'a, Vec<ChannelValue>>;
 
     /// Attempts of a lead, oldest first.
-    fn attempts<'a>(&'a self, ws: &'a WorkspaceId, id: &'a LeadId)
-    -> StoreFuture<'a, Vec<AttemptRecord>>;
+    fn attempts<'a>(
+        &'a self,
+        ws: &'a WorkspaceId,
+        id: &'a LeadId,
+    ) -> StoreFuture<'a, Vec<AttemptRecord>>;
 
     /// Customer-credit ledger of a workspace, oldest first.
     fn ledger<'a>(&'a self, ws: &'a WorkspaceId) -> StoreFuture<'a, Vec<LedgerEntry>>;
@@ -404,6 +429,11 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the store a URL names: `sqlite://path` (created if missing) or
 /// `postgres://...`. Runs no migration.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    // Placeholder until the SQLite and PostgreSQL implementations land.
-    Err(StoreError::UnsupportedUrl(url.to_string()))
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
 }
