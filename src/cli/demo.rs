@@ -41,7 +41,9 @@ impl Secrets for DemoSecrets {
 }
 
 fn kind_of(connector: &str) -> Option<ProviderKind> {
-    ProviderKind::ALL.into_iter().find(|k| k.name() == connector)
+    ProviderKind::ALL
+        .into_iter()
+        .find(|k| k.name() == connector)
 }
 
 fn limits_of(windows: &[(Duration, u32)]) -> Limits {
@@ -148,12 +150,21 @@ pub async fn run(config: &Path, args: DemoArgs) -> Result<(), CliError> {
         println!("\nProvider API calls against their limits (simulator statistics):");
         let mut t = comfy_table::Table::new();
         t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-        t.set_header(vec!["provider", "requests", "429s", "busiest minute", "limit/min", "provider credits"]);
+        t.set_header(vec![
+            "provider",
+            "requests",
+            "429s",
+            "busiest minute",
+            "limit/min",
+            "provider credits",
+        ]);
         for (id, s) in &sims {
             let st = s.stats();
-            let per_min = settings.accounts.get(id).map(|a| a.limits).and_then(|l| {
-                l.per_minute.or(l.per_second.map(|n| n * 60))
-            });
+            let per_min = settings
+                .accounts
+                .get(id)
+                .map(|a| a.limits)
+                .and_then(|l| l.per_minute.or(l.per_second.map(|n| n * 60)));
             t.add_row(vec![
                 id.clone(),
                 st.requests.to_string(),

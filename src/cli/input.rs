@@ -35,7 +35,10 @@ pub fn read_leads(path: &Path) -> Result<Loaded, InputError> {
         file: file.clone(),
         source,
     })?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
     match ext {
         "csv" => Ok(from_csv(&text)),
         "json" => from_json(&file, &text),
@@ -49,7 +52,9 @@ pub fn read_leads(path: &Path) -> Result<Loaded, InputError> {
 
 pub fn from_csv(text: &str) -> Loaded {
     let mut out = Loaded::default();
-    let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_reader(text.as_bytes());
     let headers = match rdr.headers() {
         Ok(h) => h.clone(),
         Err(e) => {
@@ -57,9 +62,14 @@ pub fn from_csv(text: &str) -> Loaded {
             return out;
         }
     };
-    let Some(id_col) = ID_COLUMNS.iter().find_map(|c| headers.iter().position(|h| h == *c)) else {
-        out.problems
-            .push(format!("no id column (expected one of: {})", ID_COLUMNS.join(", ")));
+    let Some(id_col) = ID_COLUMNS
+        .iter()
+        .find_map(|c| headers.iter().position(|h| h == *c))
+    else {
+        out.problems.push(format!(
+            "no id column (expected one of: {})",
+            ID_COLUMNS.join(", ")
+        ));
         return out;
     };
     for (i, rec) in rdr.records().enumerate() {
@@ -79,7 +89,8 @@ pub fn from_csv(text: &str) -> Loaded {
         let mut lead = Lead::new(id);
         for (h, v) in headers.iter().zip(rec.iter()) {
             if !v.trim().is_empty() {
-                lead.fields.insert(h.to_string(), Value::String(v.to_string()));
+                lead.fields
+                    .insert(h.to_string(), Value::String(v.to_string()));
             }
         }
         out.leads.push(lead);
@@ -119,7 +130,9 @@ fn from_json_lines(text: &str) -> Loaded {
                 Ok(l) => out.leads.push(l),
                 Err(why) => out.problems.push(format!("line {}: {why}", i + 1)),
             },
-            Err(e) => out.problems.push(format!("line {}: not valid JSON: {e}", i + 1)),
+            Err(e) => out
+                .problems
+                .push(format!("line {}: not valid JSON: {e}", i + 1)),
         }
     }
     out
@@ -173,10 +186,12 @@ mod tests {
 
     #[test]
     fn json_shapes() {
-        let nested = lead_from_value(serde_json::json!({"id": 7, "fields": {"firstname": "Ada"}})).unwrap();
+        let nested =
+            lead_from_value(serde_json::json!({"id": 7, "fields": {"firstname": "Ada"}})).unwrap();
         assert_eq!(nested.id.as_str(), "7");
         assert_eq!(nested.text("firstname").as_deref(), Some("Ada"));
-        let flat = lead_from_value(serde_json::json!({"hs_object_id": "9", "lastname": "L"})).unwrap();
+        let flat =
+            lead_from_value(serde_json::json!({"hs_object_id": "9", "lastname": "L"})).unwrap();
         assert_eq!(flat.text("lastname").as_deref(), Some("L"));
         assert!(lead_from_value(serde_json::json!({"firstname": "x"})).is_err());
         assert!(lead_from_value(serde_json::json!([1])).is_err());

@@ -16,10 +16,20 @@ pub mod input;
 pub mod output;
 
 #[derive(Debug, Parser)]
-#[command(name = "enrichd", version, about = "Fills the contact channels your CRM leads are missing, through a waterfall of enrichment providers, and records who supplied each value.")]
+#[command(
+    name = "enrichd",
+    version,
+    about = "Fills the contact channels your CRM leads are missing, through a waterfall of enrichment providers, and records who supplied each value."
+)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(long, short, global = true, default_value = "config.toml", env = "ENRICHD_CONFIG")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config.toml",
+        env = "ENRICHD_CONFIG"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -114,11 +124,20 @@ fn check(config: &Path) -> Result<(), CliError> {
             a.connector.name,
             a.connector.role,
             a.base_url,
-            if limits.is_empty() { "none".into() } else { limits.join(", ") }
+            if limits.is_empty() {
+                "none".into()
+            } else {
+                limits.join(", ")
+            }
         );
     }
     for w in &s.workspaces {
-        println!("workspace {} ({}){}", w.id, w.name, if w.enabled { "" } else { " · enrichment OFF" });
+        println!(
+            "workspace {} ({}){}",
+            w.id,
+            w.name,
+            if w.enabled { "" } else { " · enrichment OFF" }
+        );
         for (c, order) in &w.order {
             if !order.is_empty() {
                 println!("  {c}: {}", order.join(" → "));
@@ -128,7 +147,12 @@ fn check(config: &Path) -> Result<(), CliError> {
             println!("  verifier: {v} · catch-all: {:?}", w.catch_all);
         }
         for a in &w.audiences {
-            println!("  audience {}: {} ({} conditions)", a.name, a.channels, a.conditions.len());
+            println!(
+                "  audience {}: {} ({} conditions)",
+                a.name,
+                a.channels,
+                a.conditions.len()
+            );
         }
         match w.budget {
             Some(b) => println!("  budget: {} credits per {:?}", b.credits, b.period),
@@ -156,16 +180,28 @@ async fn enrich(config: &Path, args: EnrichArgs) -> Result<(), CliError> {
     let store = crate::store::open(&settings.storage_url).await?;
     store.migrate().await?;
     let (engine, _server) = start_engine(settings.clone(), store).await?;
-    let report = run_with_progress(&engine, &ws, loaded.leads, args.format == Format::Table && !args.no_progress).await?;
+    let report = run_with_progress(
+        &engine,
+        &ws,
+        loaded.leads,
+        args.format == Format::Table && !args.no_progress,
+    )
+    .await?;
     print_report(&report, args.format);
     Ok(())
 }
 
-pub(crate) fn pick_workspace(s: &Settings, id: Option<&str>) -> Result<Arc<crate::config::Workspace>, CliError> {
+pub(crate) fn pick_workspace(
+    s: &Settings,
+    id: Option<&str>,
+) -> Result<Arc<crate::config::Workspace>, CliError> {
     match id {
         Some(id) => s.workspace(id).cloned().ok_or_else(|| {
             let known: Vec<&str> = s.workspaces.iter().map(|w| w.id.as_str()).collect();
-            CliError::Usage(format!("unknown workspace `{id}` (configured: {})", known.join(", ")))
+            CliError::Usage(format!(
+                "unknown workspace `{id}` (configured: {})",
+                known.join(", ")
+            ))
         }),
         None => s
             .workspaces
@@ -220,9 +256,11 @@ pub(crate) async fn run_with_progress(
     let bar = if progress && leads.len() > 1 {
         let pb = indicatif::ProgressBar::new(leads.len() as u64);
         pb.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} leads [{bar:40}] {per_sec} · eta {eta} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos}/{len} leads [{bar:40}] {per_sec} · eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         pb
     } else {
@@ -262,7 +300,10 @@ pub fn redact_url(u: &str) -> String {
 mod tests {
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(super::redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            super::redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(super::redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact_url("sqlite:///x.db"), "sqlite:///x.db");
     }

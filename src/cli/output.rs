@@ -46,7 +46,14 @@ pub fn render_table(r: &RunReport) -> String {
 
     let mut prov = Table::new();
     prov.load_style(UTF8_FULL_CONDENSED);
-    prov.set_header(vec!["provider", "requests", "429s", "values stored", "provider spend", "limit/s"]);
+    prov.set_header(vec![
+        "provider",
+        "requests",
+        "429s",
+        "values stored",
+        "provider spend",
+        "limit/s",
+    ]);
     for (acc, p) in &r.providers {
         let limit = if p.limit_per_second.is_finite() {
             format!("{:.2}", p.limit_per_second)
@@ -67,9 +74,17 @@ pub fn render_table(r: &RunReport) -> String {
     if r.leads.len() <= MAX_LEAD_ROWS {
         let mut leads = Table::new();
         leads.load_style(UTF8_FULL_CONDENSED);
-        leads.set_header(vec!["lead", "before → after", "values (Source)", "credits", "state"]);
+        leads.set_header(vec![
+            "lead",
+            "before → after",
+            "values (Source)",
+            "credits",
+            "state",
+        ]);
         for l in &r.leads {
-            let st = |s: Option<crate::core::status::EnrichmentStatus>| s.map_or("-".to_string(), |s| s.to_string());
+            let st = |s: Option<crate::core::status::EnrichmentStatus>| {
+                s.map_or("-".to_string(), |s| s.to_string())
+            };
             let values: Vec<String> = l
                 .filled
                 .iter()
@@ -91,5 +106,6 @@ pub fn render_table(r: &RunReport) -> String {
 }
 
 pub fn render_json(r: &RunReport) -> String {
-    serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\":\"cannot render report: {e}\"}}"))
+    serde_json::to_string_pretty(r)
+        .unwrap_or_else(|e| format!("{{\"error\":\"cannot render report: {e}\"}}"))
 }

@@ -87,7 +87,10 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 
 /// Deserialises TOML, turning any error into a [`Problem`] with the key path
 /// and line.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| {
         let mut p = Problem::new("", format!("not valid TOML: {}", e.message()));
         p.line = e.span().map(|s| line_of(text, s.start));

@@ -317,7 +317,11 @@ impl Settings {
 
     /// Validates config text as if read from `path` (relative paths in it
     /// resolve against `path`'s directory).
-    pub fn from_str(path: &Path, text: &str, secrets: &dyn Secrets) -> Result<Settings, ConfigError> {
+    pub fn from_str(
+        path: &Path,
+        text: &str,
+        secrets: &dyn Secrets,
+    ) -> Result<Settings, ConfigError> {
         let raw: RawConfig = parse_toml(path, text)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut v = Validator {
@@ -325,7 +329,8 @@ impl Settings {
         };
         let settings = v.settings(raw, path, &dir, secrets);
         if v.problems.is_empty() {
-            settings.ok_or_else(|| ConfigError::one(path, Problem::new("", "invalid configuration")))
+            settings
+                .ok_or_else(|| ConfigError::one(path, Problem::new("", "invalid configuration")))
         } else {
             // Best-effort line numbers for keys whose last segment is on a line.
             let mut problems = v.problems;
@@ -356,7 +361,9 @@ fn guess_line(text: &str, key: &str) -> Option<usize> {
     let field = parts.next();
     let start = text.find(&table)?;
     let offset = match field {
-        Some(f) => text[start..].find(&format!("{f} ")).map_or(start, |o| start + o),
+        Some(f) => text[start..]
+            .find(&format!("{f} "))
+            .map_or(start, |o| start + o),
         None => start,
     };
     Some(line_of(text, offset))
@@ -371,19 +378,29 @@ impl Validator {
         self.problems.push(Problem::new(key, msg).hint(hint));
     }
 
-    fn settings(&mut self, raw: RawConfig, path: &Path, dir: &Path, secrets: &dyn Secrets) -> Option<Settings> {
+    fn settings(
+        &mut self,
+        raw: RawConfig,
+        path: &Path,
+        dir: &Path,
+        secrets: &dyn Secrets,
+    ) -> Option<Settings> {
         let storage_url = self.storage(&raw.storage, dir, secrets);
-        let listen = raw.server.listen.as_deref().and_then(|l| match l.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.err(
-                    "server.listen",
-                    format!("`{l}` is not an address and port"),
-                    "write it as host:port, e.g. \"127.0.0.1:8787\"",
-                );
-                None
-            }
-        });
+        let listen = raw
+            .server
+            .listen
+            .as_deref()
+            .and_then(|l| match l.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.err(
+                        "server.listen",
+                        format!("`{l}` is not an address and port"),
+                        "write it as host:port, e.g. \"127.0.0.1:8787\"",
+                    );
+                    None
+                }
+            });
         if let Some(u) = &raw.server.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
@@ -401,12 +418,20 @@ impl Validator {
         let mut ids = BTreeSet::new();
         let mut workspaces = Vec::new();
         if raw.workspaces.is_empty() {
-            self.err("workspaces", "no workspace is configured", "add a [[workspaces]] table (see the documented config.toml)");
+            self.err(
+                "workspaces",
+                "no workspace is configured",
+                "add a [[workspaces]] table (see the documented config.toml)",
+            );
         }
         for (i, w) in raw.workspaces.into_iter().enumerate() {
             let key = format!("workspaces[{i}]");
             if !ids.insert(w.id.clone()) {
-                self.err(format!("{key}.id"), format!("workspace id `{}` is used twice", w.id), "give every workspace its own id");
+                self.err(
+                    format!("{key}.id"),
+                    format!("workspace id `{}` is used twice", w.id),
+                    "give every workspace its own id",
+                );
             }
             if let Some(ws) = self.workspace(&key, w, &accounts, base_prices) {
                 workspaces.push(Arc::new(ws));
@@ -416,7 +441,10 @@ impl Validator {
             file: path.to_path_buf(),
             storage_url: storage_url?,
             listen,
-            public_url: raw.server.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            public_url: raw
+                .server
+                .public_url
+                .map(|u| u.trim_end_matches('/').to_string()),
             engine,
             accounts,
             workspaces,
@@ -426,7 +454,11 @@ impl Validator {
     fn storage(&mut self, s: &RawStorage, dir: &Path, secrets: &dyn Secrets) -> Option<String> {
         let url = match (&s.url, &s.url_env) {
             (Some(_), Some(_)) => {
-                self.err("storage", "both `url` and `url_env` are set", "keep one of them");
+                self.err(
+                    "storage",
+                    "both `url` and `url_env` are set",
+                    "keep one of them",
+                );
                 return None;
             }
             (Some(u), None) => u.clone(),
@@ -443,10 +475,17 @@ impl Validator {
             },
             (None, None) => "sqlite://.enrichd/enrichd.db".to_string(),
         };
-        if let Some(p) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(p) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             let (file, query) = p.split_once('?').map_or((p, None), |(f, q)| (f, Some(q)));
             if file.is_empty() {
-                self.err("storage.url", "the SQLite URL names no file", "e.g. \"sqlite://.enrichd/enrichd.db\"");
+                self.err(
+                    "storage.url",
+                    "the SQLite URL names no file",
+                    "e.g. \"sqlite://.enrichd/enrichd.db\"",
+                );
                 return None;
             }
             let abs = if Path::new(file).is_absolute() || file == ":memory:" {
@@ -474,10 +513,18 @@ impl Validator {
 
     fn engine(&mut self, e: &RawEngine, dir: &Path) -> EngineSettings {
         if e.concurrency == 0 {
-            self.err("engine.concurrency", "must be at least 1", "the number of leads enriched at once, e.g. 64");
+            self.err(
+                "engine.concurrency",
+                "must be at least 1",
+                "the number of leads enriched at once, e.g. 64",
+            );
         }
         if e.async_timeout_secs == 0 || e.poll_interval_secs == 0 {
-            self.err("engine", "async_timeout_secs and poll_interval_secs must be positive", "e.g. 150 and 15");
+            self.err(
+                "engine",
+                "async_timeout_secs and poll_interval_secs must be positive",
+                "e.g. 150 and 15",
+            );
         }
         EngineSettings {
             concurrency: e.concurrency.max(1) as usize,
@@ -516,17 +563,27 @@ impl Validator {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) => {
-                    self.err(file.display().to_string(), format!("cannot read connector file: {e}"), "check its permissions");
+                    self.err(
+                        file.display().to_string(),
+                        format!("cannot read connector file: {e}"),
+                        "check its permissions",
+                    );
                     continue;
                 }
             };
             match parse_toml::<ConnectorDef>(&file, &text) {
                 Ok(def) => {
-                    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                    let stem = file
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or_default();
                     if def.id != stem {
                         self.err(
                             format!("{}: id", file.display()),
-                            format!("connector id `{}` differs from its file name `{stem}.toml`", def.id),
+                            format!(
+                                "connector id `{}` differs from its file name `{stem}.toml`",
+                                def.id
+                            ),
                             "name the file after the id",
                         );
                     }
@@ -587,12 +644,20 @@ impl Validator {
             };
             let base_url = p.base_url.clone().unwrap_or_else(|| def.base_url.clone());
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                self.err(format!("{key}.base_url"), format!("`{base_url}` is not an http(s) URL"), "e.g. \"https://api.apollo.io/api/v1\"");
+                self.err(
+                    format!("{key}.base_url"),
+                    format!("`{base_url}` is not an http(s) URL"),
+                    "e.g. \"https://api.apollo.io/api/v1\"",
+                );
                 continue;
             }
             let limits = def.limits.overridden_by(&p.limits);
             if limits.windows().iter().any(|(_, n)| *n == 0) || limits.concurrency == Some(0) {
-                self.err(format!("{key}.limits"), "a limit of 0 would never allow a request", "remove the window or give it a positive count");
+                self.err(
+                    format!("{key}.limits"),
+                    "a limit of 0 would never allow a request",
+                    "remove the window or give it a positive count",
+                );
                 continue;
             }
             let account = Account {
@@ -611,7 +676,11 @@ impl Validator {
                 Role::Verifier => crate::providers::build_verifier(&account).map(|_| ()),
             };
             if let Err(e) = built {
-                self.err(key.clone(), e.message, format!("see connectors/{}.toml and the provider's docs", def.id));
+                self.err(
+                    key.clone(),
+                    e.message,
+                    format!("see connectors/{}.toml and the provider's docs", def.id),
+                );
                 continue;
             }
             out.insert(id, Arc::new(account));
@@ -621,7 +690,11 @@ impl Validator {
 
     fn prices(&mut self, key: &str, p: Prices) {
         if Channel::ALL.iter().any(|c| p.of(*c) < 0) {
-            self.err(key, "prices cannot be negative", "credits per usable value, e.g. work_email = 1");
+            self.err(
+                key,
+                "prices cannot be negative",
+                "credits per usable value, e.g. work_email = 1",
+            );
         }
     }
 
@@ -633,8 +706,17 @@ impl Validator {
         base_prices: Prices,
     ) -> Option<Workspace> {
         let before = self.problems.len();
-        if w.id.is_empty() || !w.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            self.err(format!("{key}.id"), format!("`{}` is not a valid workspace id", w.id), "use letters, digits, - and _");
+        if w.id.is_empty()
+            || !w
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            self.err(
+                format!("{key}.id"),
+                format!("`{}` is not a valid workspace id", w.id),
+                "use letters, digits, - and _",
+            );
         }
         let configured: Vec<&str> = accounts.keys().map(String::as_str).collect();
         let unknown = |v: &mut Self, k: String, acc: &str| {
@@ -648,7 +730,11 @@ impl Validator {
                 },
             )
         };
-        let finder = |acc: &str| accounts.get(acc).filter(|a| a.connector.role == Role::Finder);
+        let finder = |acc: &str| {
+            accounts
+                .get(acc)
+                .filter(|a| a.connector.role == Role::Finder)
+        };
         for (i, acc) in w.providers.iter().enumerate() {
             match accounts.get(acc) {
                 None => unknown(self, format!("{key}.providers[{i}]"), acc),
@@ -668,10 +754,17 @@ impl Validator {
                         let k = format!("{key}.order.{c}[{i}]");
                         match finder(acc) {
                             None if !accounts.contains_key(acc) => unknown(self, k, acc),
-                            None => self.err(k, format!("`{acc}` is a verifier, not a finder"), "list finders only"),
+                            None => self.err(
+                                k,
+                                format!("`{acc}` is a verifier, not a finder"),
+                                "list finders only",
+                            ),
                             Some(a) if !a.connector.supplies.contains(c) => self.err(
                                 k,
-                                format!("provider `{acc}` cannot supply {c} (it supplies {})", a.connector.supplies),
+                                format!(
+                                    "provider `{acc}` cannot supply {c} (it supplies {})",
+                                    a.connector.supplies
+                                ),
                                 format!("remove it from the {c} order"),
                             ),
                             Some(_) => {}
@@ -699,18 +792,29 @@ impl Validator {
                 Some(_) => {}
             }
         }
-        let default_region = w.default_region.as_deref().and_then(|r| match country_code(r) {
-            Some(iso) => Some(iso.to_string()),
-            None => {
-                self.err(format!("{key}.default_region"), format!("unknown region `{r}`"), "use an ISO-3166 alpha-2 code such as \"US\" or \"GB\"");
-                None
-            }
-        });
+        let default_region = w
+            .default_region
+            .as_deref()
+            .and_then(|r| match country_code(r) {
+                Some(iso) => Some(iso.to_string()),
+                None => {
+                    self.err(
+                        format!("{key}.default_region"),
+                        format!("unknown region `{r}`"),
+                        "use an ISO-3166 alpha-2 code such as \"US\" or \"GB\"",
+                    );
+                    None
+                }
+            });
         let prices = w.pricing.over(base_prices);
         self.prices(&format!("{key}.pricing"), prices);
         let budget = w.budget.map(|b| {
             if b.credits < 0 {
-                self.err(format!("{key}.budget.credits"), "a budget cannot be negative", "credits per period, e.g. 5000");
+                self.err(
+                    format!("{key}.budget.credits"),
+                    "a budget cannot be negative",
+                    "credits per period, e.g. 5000",
+                );
             }
             Budget {
                 credits: b.credits.max(0),
@@ -726,7 +830,11 @@ impl Validator {
         for (i, a) in w.audiences.into_iter().enumerate() {
             let akey = format!("{key}.audiences[{i}]");
             if !names.insert(a.name.clone()) {
-                self.err(format!("{akey}.name"), format!("audience `{}` is defined twice", a.name), "give each audience its own name");
+                self.err(
+                    format!("{akey}.name"),
+                    format!("audience `{}` is defined twice", a.name),
+                    "give each audience its own name",
+                );
             }
             if let Some(aud) = self.audience(&akey, a, &w.fields, &order) {
                 audiences.push(aud);
@@ -760,13 +868,20 @@ impl Validator {
     ) -> Option<Audience> {
         let channels: ChannelSet = a.channels.iter().copied().collect();
         if channels.is_empty() {
-            self.err(format!("{key}.channels"), "an audience must require at least one channel", format!("any of {}", Channel::expected()));
+            self.err(
+                format!("{key}.channels"),
+                "an audience must require at least one channel",
+                format!("any of {}", Channel::expected()),
+            );
         }
         for c in channels.iter() {
             if order.get(&c).is_none_or(Vec::is_empty) {
                 self.err(
                     format!("{key}.channels"),
-                    format!("audience `{}` requires {c} but no provider of the workspace can supply it", a.name),
+                    format!(
+                        "audience `{}` requires {c} but no provider of the workspace can supply it",
+                        a.name
+                    ),
                     "add a provider that supplies it to the workspace's `providers` list",
                 );
             }
@@ -778,7 +893,10 @@ impl Validator {
                 Err(msg) => self.err(
                     format!("{key}.filter[{i}]"),
                     msg,
-                    format!("write {{ field = \"country\", in = [\"US\", \"CA\"] }}; operators: {}", Op::NAMES.join(", ")),
+                    format!(
+                        "write {{ field = \"country\", in = [\"US\", \"CA\"] }}; operators: {}",
+                        Op::NAMES.join(", ")
+                    ),
                 ),
             }
         }
@@ -810,9 +928,13 @@ fn condition(t: &BTreeMap<String, toml::Value>) -> Result<Condition, String> {
         Some(_) => return Err("`field` must be a non-empty string".into()),
         None => return Err("a condition needs `field`".into()),
     };
-    let ops: Vec<(&String, &toml::Value)> = t.iter().filter(|(k, _)| k.as_str() != "field").collect();
+    let ops: Vec<(&String, &toml::Value)> =
+        t.iter().filter(|(k, _)| k.as_str() != "field").collect();
     let [(name, value)] = ops.as_slice() else {
-        return Err(format!("a condition on `{field}` needs exactly one operator, found {}", ops.len()));
+        return Err(format!(
+            "a condition on `{field}` needs exactly one operator, found {}",
+            ops.len()
+        ));
     };
     let scalar = |v: &toml::Value| -> Result<Scalar, String> {
         match v {
@@ -820,14 +942,20 @@ fn condition(t: &BTreeMap<String, toml::Value>) -> Result<Condition, String> {
             toml::Value::Integer(i) => Ok(Scalar::Number(*i as f64)),
             toml::Value::Float(f) => Ok(Scalar::Number(*f)),
             toml::Value::Boolean(b) => Ok(Scalar::Bool(*b)),
-            other => Err(format!("`{name}` on `{field}` takes a string, number or boolean, not {}", other.type_str())),
+            other => Err(format!(
+                "`{name}` on `{field}` takes a string, number or boolean, not {}",
+                other.type_str()
+            )),
         }
     };
     let number = |v: &toml::Value| -> Result<f64, String> {
         match v {
             toml::Value::Integer(i) => Ok(*i as f64),
             toml::Value::Float(f) if f.is_finite() => Ok(*f),
-            other => Err(format!("`{name}` on `{field}` takes a number, not {}", other.type_str())),
+            other => Err(format!(
+                "`{name}` on `{field}` takes a number, not {}",
+                other.type_str()
+            )),
         }
     };
     let list = |v: &toml::Value| -> Result<Vec<Scalar>, String> {
@@ -847,7 +975,12 @@ fn condition(t: &BTreeMap<String, toml::Value>) -> Result<Condition, String> {
         "lte" => Op::Lte(number(value)?),
         "exists" => match value {
             toml::Value::Boolean(b) => Op::Exists(*b),
-            other => return Err(format!("`exists` on `{field}` takes true or false, not {}", other.type_str())),
+            other => {
+                return Err(format!(
+                    "`exists` on `{field}` takes true or false, not {}",
+                    other.type_str()
+                ));
+            }
         },
         other => return Err(format!("unknown operator `{other}` on `{field}`")),
     };
@@ -856,10 +989,28 @@ fn condition(t: &BTreeMap<String, toml::Value>) -> Result<Condition, String> {
 
 /// The connector files enrichd ships, used when `connectors_dir` lacks them.
 pub const BUILTIN_CONNECTORS: [(&str, &str); 6] = [
-    ("connectors/fullenrich.toml", include_str!("../../connectors/fullenrich.toml")),
-    ("connectors/apollo.toml", include_str!("../../connectors/apollo.toml")),
-    ("connectors/hunter.toml", include_str!("../../connectors/hunter.toml")),
-    ("connectors/pdl.toml", include_str!("../../connectors/pdl.toml")),
-    ("connectors/zerobounce.toml", include_str!("../../connectors/zerobounce.toml")),
-    ("connectors/prospeo.toml", include_str!("../../connectors/prospeo.toml")),
+    (
+        "connectors/fullenrich.toml",
+        include_str!("../../connectors/fullenrich.toml"),
+    ),
+    (
+        "connectors/apollo.toml",
+        include_str!("../../connectors/apollo.toml"),
+    ),
+    (
+        "connectors/hunter.toml",
+        include_str!("../../connectors/hunter.toml"),
+    ),
+    (
+        "connectors/pdl.toml",
+        include_str!("../../connectors/pdl.toml"),
+    ),
+    (
+        "connectors/zerobounce.toml",
+        include_str!("../../connectors/zerobounce.toml"),
+    ),
+    (
+        "connectors/prospeo.toml",
+        include_str!("../../connectors/prospeo.toml"),
+    ),
 ];

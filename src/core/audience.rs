@@ -51,7 +51,9 @@ pub enum Op {
 
 impl Op {
     /// The operator names accepted in config.toml.
-    pub const NAMES: [&'static str; 9] = ["eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists"];
+    pub const NAMES: [&'static str; 9] = [
+        "eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists",
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +86,9 @@ fn scalar_eq(lead: &Lead, field: &str, s: &Scalar) -> bool {
         Scalar::Bool(b) => lead
             .text(field)
             .is_some_and(|t| t.eq_ignore_ascii_case(if *b { "true" } else { "false" })),
-        Scalar::Text(t) => lead.text(field).is_some_and(|v| v.eq_ignore_ascii_case(t.trim())),
+        Scalar::Text(t) => lead
+            .text(field)
+            .is_some_and(|v| v.eq_ignore_ascii_case(t.trim())),
     }
 }
 
@@ -105,12 +109,16 @@ impl Persona {
         let title_ok = self.titles.is_empty()
             || lead.text(&self.title_field).is_some_and(|t| {
                 let t = format!(" {} ", words(&t));
-                self.titles.iter().any(|k| t.contains(&format!(" {} ", words(k))))
+                self.titles
+                    .iter()
+                    .any(|k| t.contains(&format!(" {} ", words(k))))
             });
         let seniority_ok = self.seniorities.is_empty()
-            || lead
-                .text(&self.seniority_field)
-                .is_some_and(|s| self.seniorities.iter().any(|x| x.trim().eq_ignore_ascii_case(&s)));
+            || lead.text(&self.seniority_field).is_some_and(|s| {
+                self.seniorities
+                    .iter()
+                    .any(|x| x.trim().eq_ignore_ascii_case(&s))
+            });
         title_ok && seniority_ok
     }
 }
@@ -165,7 +173,10 @@ mod tests {
     use crate::core::channel::Channel;
 
     fn cond(field: &str, op: Op) -> Condition {
-        Condition { field: field.into(), op }
+        Condition {
+            field: field.into(),
+            op,
+        }
     }
 
     fn lead() -> Lead {
@@ -194,7 +205,10 @@ mod tests {
         assert!(cond("numemployees", Op::Gte(250.0)).matches(&l));
         assert!(!cond("numemployees", Op::Lt(250.0)).matches(&l));
         assert!(cond("numemployees", Op::Lte(250.0)).matches(&l));
-        assert!(!cond("country", Op::Gt(1.0)).matches(&l), "text is not a number");
+        assert!(
+            !cond("country", Op::Gt(1.0)).matches(&l),
+            "text is not a number"
+        );
         assert!(!cond("missing", Op::Lt(1.0)).matches(&l));
         assert!(cond("country", Op::Exists(true)).matches(&l));
         assert!(cond("blank", Op::Exists(false)).matches(&l));

@@ -122,7 +122,10 @@ impl ChannelSet {
     }
     /// Comma-separated names, e.g. `work_email,phone` (the storage form).
     pub fn to_csv(self) -> String {
-        self.iter().map(Channel::as_str).collect::<Vec<_>>().join(",")
+        self.iter()
+            .map(Channel::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
     }
     pub fn parse_csv(s: &str) -> Result<Self, UnknownChannel> {
         s.split(',')

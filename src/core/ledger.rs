@@ -75,7 +75,12 @@ pub fn period_key(period: Period, at: UnixMillis) -> String {
 /// again (re-runs, retries, crashes, re-verification). Scoped by workspace in
 /// the store.
 pub fn charge_key(lead: &LeadId, channel: Channel, normalised_value: &str) -> String {
-    format!("{}|{}|{}", lead.as_str(), channel.as_str(), normalised_value)
+    format!(
+        "{}|{}|{}",
+        lead.as_str(),
+        channel.as_str(),
+        normalised_value
+    )
 }
 
 /// A lead competing for budget.
@@ -101,7 +106,10 @@ pub struct Selection {
 /// cases fit in `available` (`None` = unlimited); the first lead that does
 /// not fit and every lead after it are queued, so a lower-scored lead never
 /// takes budget a higher-scored one is waiting for.
-pub fn select_within_budget(mut candidates: Vec<BudgetCandidate>, available: Option<i64>) -> Selection {
+pub fn select_within_budget(
+    mut candidates: Vec<BudgetCandidate>,
+    available: Option<i64>,
+) -> Selection {
     candidates.sort_by(|a, b| {
         b.icp_score
             .total_cmp(&a.icp_score)
@@ -158,7 +166,12 @@ mod tests {
     #[test]
     fn selection_takes_highest_icp_first_and_stops_at_the_first_misfit() {
         let s = select_within_budget(
-            vec![cand("low", 10.0, 1), cand("top", 90.0, 10), cand("mid", 50.0, 10), cand("mid2", 50.0, 1)],
+            vec![
+                cand("low", 10.0, 1),
+                cand("top", 90.0, 10),
+                cand("mid", 50.0, 10),
+                cand("mid2", 50.0, 1),
+            ],
             Some(20),
         );
         assert_eq!(s.selected, vec![LeadId("top".into()), LeadId("mid".into())]);
@@ -174,7 +187,10 @@ mod tests {
     #[test]
     fn charge_keys_identify_the_value() {
         let l = LeadId("42".into());
-        assert_eq!(charge_key(&l, Channel::Phone, "+14155552671"), "42|phone|+14155552671");
+        assert_eq!(
+            charge_key(&l, Channel::Phone, "+14155552671"),
+            "42|phone|+14155552671"
+        );
         assert_ne!(
             charge_key(&l, Channel::WorkEmail, "a@b.co"),
             charge_key(&l, Channel::PersonalEmail, "a@b.co")

@@ -31,7 +31,9 @@ pub enum ProviderOutcome {
         retry_after: Option<Duration>,
     },
     OutOfCredits,
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        retry_after: Option<Duration>,
+    },
     ComplianceBlocked,
     AuthError,
     InvalidInput,

@@ -197,7 +197,11 @@ impl Waterfall {
             }
             if run.filled_by.is_some() {
                 s.filled.insert(c);
-            } else if run.slots.iter().any(|sl| matches!(sl.state, SlotState::Skipped(_) | SlotState::Untried)) {
+            } else if run
+                .slots
+                .iter()
+                .any(|sl| matches!(sl.state, SlotState::Skipped(_) | SlotState::Untried))
+            {
                 s.deferred.insert(c);
             } else {
                 s.exhausted.insert(c);
@@ -218,7 +222,9 @@ impl Waterfall {
                     .slots
                     .iter()
                     .filter_map(|s| match s.state {
-                        SlotState::Answered(o) | SlotState::Skipped(o) => Some((s.account.clone(), o)),
+                        SlotState::Answered(o) | SlotState::Skipped(o) => {
+                            Some((s.account.clone(), o))
+                        }
                         SlotState::Untried => None,
                     })
                     .collect();
@@ -253,14 +259,35 @@ mod tests {
 
     #[test]
     fn one_call_asks_for_every_channel_the_provider_is_next_for() {
-        let providers = [view("a", &[WorkEmail, Phone]), view("b", &[WorkEmail, Phone, LinkedinUrl])];
+        let providers = [
+            view("a", &[WorkEmail, Phone]),
+            view("b", &[WorkEmail, Phone, LinkedinUrl]),
+        ];
         let o = order(&["a", "b"]);
-        let mut w = Waterfall::plan(set(&[WorkEmail, Phone, LinkedinUrl]), |_| &o, &providers, &[], 0);
-        assert_eq!(w.next_call(), Some(Call { account: "a".into(), channels: set(&[WorkEmail, Phone]) }));
+        let mut w = Waterfall::plan(
+            set(&[WorkEmail, Phone, LinkedinUrl]),
+            |_| &o,
+            &providers,
+            &[],
+            0,
+        );
+        assert_eq!(
+            w.next_call(),
+            Some(Call {
+                account: "a".into(),
+                channels: set(&[WorkEmail, Phone])
+            })
+        );
         w.record("a", WorkEmail, Found);
         w.record("a", Phone, NotFound);
         // b is now next for phone and linkedin (a cannot supply linkedin).
-        assert_eq!(w.next_call(), Some(Call { account: "b".into(), channels: set(&[Phone, LinkedinUrl]) }));
+        assert_eq!(
+            w.next_call(),
+            Some(Call {
+                account: "b".into(),
+                channels: set(&[Phone, LinkedinUrl])
+            })
+        );
         w.record("b", Phone, Found);
         w.record("b", LinkedinUrl, Unusable);
         assert_eq!(w.next_call(), None);
@@ -272,7 +299,10 @@ mod tests {
 
     #[test]
     fn per_channel_order_is_never_jumped() {
-        let providers = [view("a", &[WorkEmail, Phone]), view("b", &[WorkEmail, Phone])];
+        let providers = [
+            view("a", &[WorkEmail, Phone]),
+            view("b", &[WorkEmail, Phone]),
+        ];
         let email = order(&["a", "b"]);
         let phone = order(&["b", "a"]);
         let w = Waterfall::plan(
@@ -283,12 +313,22 @@ mod tests {
             0,
         );
         // a is first for email but second for phone: it is asked for email only.
-        assert_eq!(w.next_call(), Some(Call { account: "a".into(), channels: set(&[WorkEmail]) }));
+        assert_eq!(
+            w.next_call(),
+            Some(Call {
+                account: "a".into(),
+                channels: set(&[WorkEmail])
+            })
+        );
     }
 
     #[test]
     fn a_skipped_provider_does_not_end_the_waterfall_and_defers_the_lead() {
-        let providers = [view("a", &[WorkEmail]), view("b", &[WorkEmail]), view("c", &[WorkEmail])];
+        let providers = [
+            view("a", &[WorkEmail]),
+            view("b", &[WorkEmail]),
+            view("c", &[WorkEmail]),
+        ];
         let o = order(&["a", "b", "c"]);
         let mut w = Waterfall::plan(set(&[WorkEmail]), |_| &o, &providers, &[], 0);
         w.record("a", WorkEmail, RateLimited);
@@ -314,20 +354,57 @@ mod tests {
         let o = order(&["a", "b"]);
         let mut w = Waterfall::plan(set(&[WorkEmail, Phone]), |_| &o, &providers, &[], 0);
         w.skip_account("a", OutOfCredits);
-        assert_eq!(w.next_call(), Some(Call { account: "b".into(), channels: set(&[Phone]) }));
+        assert_eq!(
+            w.next_call(),
+            Some(Call {
+                account: "b".into(),
+                channels: set(&[Phone])
+            })
+        );
     }
 
     #[test]
     fn recent_definitive_history_is_respected_and_temporary_history_is_retried() {
         let providers = [view("a", &[WorkEmail]), view("b", &[WorkEmail])];
         let o = order(&["a", "b"]);
-        let hist = |outcome, at| PastAttempt { channel: WorkEmail, provider: "a".into(), outcome, at };
-        let w = Waterfall::plan(set(&[WorkEmail]), |_| &o, &providers, &[hist(NotFound, 100)], 50);
+        let hist = |outcome, at| PastAttempt {
+            channel: WorkEmail,
+            provider: "a".into(),
+            outcome,
+            at,
+        };
+        let w = Waterfall::plan(
+            set(&[WorkEmail]),
+            |_| &o,
+            &providers,
+            &[hist(NotFound, 100)],
+            50,
+        );
         assert_eq!(w.next_call().map(|c| c.account), Some("b".into()));
-        let w = Waterfall::plan(set(&[WorkEmail]), |_| &o, &providers, &[hist(NotFound, 10)], 50);
-        assert_eq!(w.next_call().map(|c| c.account), Some("a".into()), "older than the window");
-        let w = Waterfall::plan(set(&[WorkEmail]), |_| &o, &providers, &[hist(RateLimited, 100)], 50);
-        assert_eq!(w.next_call().map(|c| c.account), Some("a".into()), "temporary outcomes are retried");
+        let w = Waterfall::plan(
+            set(&[WorkEmail]),
+            |_| &o,
+            &providers,
+            &[hist(NotFound, 10)],
+            50,
+        );
+        assert_eq!(
+            w.next_call().map(|c| c.account),
+            Some("a".into()),
+            "older than the window"
+        );
+        let w = Waterfall::plan(
+            set(&[WorkEmail]),
+            |_| &o,
+            &providers,
+            &[hist(RateLimited, 100)],
+            50,
+        );
+        assert_eq!(
+            w.next_call().map(|c| c.account),
+            Some("a".into()),
+            "temporary outcomes are retried"
+        );
     }
 
     #[test]
@@ -342,7 +419,13 @@ mod tests {
         assert_eq!(s.exhausted, set(&[WorkEmail]));
         // One provider that can be asked is enough to not be "no identity".
         let o = order(&["a", "b"]);
-        let w = Waterfall::plan(set(&[WorkEmail]), |_| &o, &[a, view("b", &[WorkEmail])], &[], 0);
+        let w = Waterfall::plan(
+            set(&[WorkEmail]),
+            |_| &o,
+            &[a, view("b", &[WorkEmail])],
+            &[],
+            0,
+        );
         assert!(!w.summary().no_identity);
     }
 
@@ -352,6 +435,12 @@ mod tests {
         let o = order(&["ghost", "a"]);
         let w = Waterfall::plan(set(&[WorkEmail, Phone]), |_| &o, &providers, &[], 0);
         assert_eq!(w.runs[0].slots.len(), 0, "a cannot supply work_email");
-        assert_eq!(w.next_call(), Some(Call { account: "a".into(), channels: set(&[Phone]) }));
+        assert_eq!(
+            w.next_call(),
+            Some(Call {
+                account: "a".into(),
+                channels: set(&[Phone])
+            })
+        );
     }
 }

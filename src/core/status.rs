@@ -72,9 +72,19 @@ mod tests {
     fn full_partial_empty_and_none() {
         let cfg: ChannelSet = [WorkEmail, Phone].into_iter().collect();
         assert_eq!(status(cfg, cfg), Some(EnrichmentStatus::Full));
-        assert_eq!(status(cfg, ChannelSet::single(Phone)), Some(EnrichmentStatus::Partial));
-        assert_eq!(status(cfg, ChannelSet::single(LinkedinUrl)), Some(EnrichmentStatus::Empty));
-        assert_eq!(status(cfg, ChannelSet::ALL), Some(EnrichmentStatus::Full), "extra values do not matter");
+        assert_eq!(
+            status(cfg, ChannelSet::single(Phone)),
+            Some(EnrichmentStatus::Partial)
+        );
+        assert_eq!(
+            status(cfg, ChannelSet::single(LinkedinUrl)),
+            Some(EnrichmentStatus::Empty)
+        );
+        assert_eq!(
+            status(cfg, ChannelSet::ALL),
+            Some(EnrichmentStatus::Full),
+            "extra values do not matter"
+        );
         assert_eq!(status(ChannelSet::EMPTY, ChannelSet::ALL), None);
     }
 }

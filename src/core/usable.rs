@@ -57,12 +57,18 @@ pub enum Assessment {
         verification: Verification,
     },
     /// Well-formed email whose deliverability is unknown: ask the verifier.
-    NeedsVerification { value: String },
+    NeedsVerification {
+        value: String,
+    },
     Unusable(Unusable),
 }
 
 /// Applies the channel's rules to a provider's candidate.
-pub fn assess(c: &ValueCandidate, policy: &UsabilityPolicy, lead_region: Option<&str>) -> Assessment {
+pub fn assess(
+    c: &ValueCandidate,
+    policy: &UsabilityPolicy,
+    lead_region: Option<&str>,
+) -> Assessment {
     match c.channel {
         Channel::WorkEmail | Channel::PersonalEmail => {
             let value = match normalise_email(&c.value) {
@@ -163,12 +169,45 @@ pub fn normalise_email(raw: &str) -> Result<String, Unusable> {
 /// Personal-mailbox domains: never a company's domain.
 pub fn is_free_mail_domain(domain: &str) -> bool {
     const FREE: &[&str] = &[
-        "gmail.com", "googlemail.com", "yahoo.com", "yahoo.co.uk", "yahoo.fr", "ymail.com",
-        "hotmail.com", "hotmail.co.uk", "hotmail.fr", "outlook.com", "live.com", "msn.com",
-        "aol.com", "icloud.com", "me.com", "mac.com", "proton.me", "protonmail.com", "gmx.com",
-        "gmx.de", "gmx.net", "web.de", "t-online.de", "yandex.ru", "yandex.com", "mail.ru",
-        "orange.fr", "free.fr", "laposte.net", "wanadoo.fr", "sfr.fr", "libero.it", "qq.com",
-        "163.com", "126.com", "zoho.com", "fastmail.com", "hey.com", "tutanota.com",
+        "gmail.com",
+        "googlemail.com",
+        "yahoo.com",
+        "yahoo.co.uk",
+        "yahoo.fr",
+        "ymail.com",
+        "hotmail.com",
+        "hotmail.co.uk",
+        "hotmail.fr",
+        "outlook.com",
+        "live.com",
+        "msn.com",
+        "aol.com",
+        "icloud.com",
+        "me.com",
+        "mac.com",
+        "proton.me",
+        "protonmail.com",
+        "gmx.com",
+        "gmx.de",
+        "gmx.net",
+        "web.de",
+        "t-online.de",
+        "yandex.ru",
+        "yandex.com",
+        "mail.ru",
+        "orange.fr",
+        "free.fr",
+        "laposte.net",
+        "wanadoo.fr",
+        "sfr.fr",
+        "libero.it",
+        "qq.com",
+        "163.com",
+        "126.com",
+        "zoho.com",
+        "fastmail.com",
+        "hey.com",
+        "tutanota.com",
     ];
     FREE.contains(&domain)
 }
@@ -178,7 +217,12 @@ pub fn is_free_mail_domain(domain: &str) -> bool {
 /// slashes and locale suffixes are dropped. Sales Navigator, Recruiter and
 /// company URLs are not profile URLs.
 pub fn canonical_linkedin(raw: &str) -> Result<String, Unusable> {
-    let bad = |why: &str| Unusable::BadLinkedin(format!("{} ({why})", raw.chars().take(100).collect::<String>()));
+    let bad = |why: &str| {
+        Unusable::BadLinkedin(format!(
+            "{} ({why})",
+            raw.chars().take(100).collect::<String>()
+        ))
+    };
     let s = raw.trim();
     let lower = s.to_lowercase();
     let rest = lower
@@ -195,7 +239,9 @@ pub fn canonical_linkedin(raw: &str) -> Result<String, Unusable> {
     match parts.next() {
         Some("in") => {}
         Some("sales") | Some("talent") | Some("recruiter") => {
-            return Err(bad("Sales Navigator and Recruiter URLs are not public profile URLs"));
+            return Err(bad(
+                "Sales Navigator and Recruiter URLs are not public profile URLs",
+            ));
         }
         Some("company") | Some("school") => return Err(bad("a company page, not a person")),
         _ => return Err(bad("path does not start with /in/")),
@@ -215,7 +261,12 @@ pub fn canonical_linkedin(raw: &str) -> Result<String, Unusable> {
 /// without an international prefix is read in `region` (ISO alpha-2); without
 /// a region it cannot be placed and is rejected.
 pub fn normalise_phone(raw: &str, region: Option<&str>) -> Result<String, Unusable> {
-    let bad = |why: &str| Unusable::BadPhone(format!("{} ({why})", raw.chars().take(40).collect::<String>()));
+    let bad = |why: &str| {
+        Unusable::BadPhone(format!(
+            "{} ({why})",
+            raw.chars().take(40).collect::<String>()
+        ))
+    };
     // Drop an extension: "ext. 12", "x12", "#12".
     let lower = raw.trim().to_ascii_lowercase();
     let cut = ["ext", "x", "#", ";"]
@@ -238,7 +289,11 @@ pub fn normalise_phone(raw: &str, region: Option<&str>) -> Result<String, Unusab
     } else if let Some(d) = digits.strip_prefix("00") {
         d.to_string()
     } else if let (Some(r), Some(d)) = (region_info, digits.strip_prefix("011")) {
-        if r.code == "1" { d.to_string() } else { digits.clone() }
+        if r.code == "1" {
+            d.to_string()
+        } else {
+            digits.clone()
+        }
     } else if let Some(r) = region_info {
         let national = if r.code == "1" {
             match digits.strip_prefix('1') {
@@ -246,7 +301,10 @@ pub fn normalise_phone(raw: &str, region: Option<&str>) -> Result<String, Unusab
                 _ => digits.clone(),
             }
         } else {
-            digits.strip_prefix('0').map(str::to_string).unwrap_or(digits.clone())
+            digits
+                .strip_prefix('0')
+                .map(str::to_string)
+                .unwrap_or(digits.clone())
         };
         format!("{}{}", r.code, national)
     } else {
@@ -255,7 +313,8 @@ pub fn normalise_phone(raw: &str, region: Option<&str>) -> Result<String, Unusab
     if !(8..=15).contains(&international.len()) {
         return Err(bad("E.164 numbers have 8 to 15 digits"));
     }
-    let (code, nsn) = split_calling_code(&international).ok_or_else(|| bad("unknown country calling code"))?;
+    let (code, nsn) =
+        split_calling_code(&international).ok_or_else(|| bad("unknown country calling code"))?;
     let (min, max) = nsn_length(code);
     if !(min..=max).contains(&nsn.len()) {
         return Err(bad("wrong length for its country"));
@@ -409,9 +468,22 @@ mod tests {
 
     #[test]
     fn emails_are_lowercased_and_checked() {
-        assert_eq!(normalise_email(" Ada.Lovelace@Analytical.IO ").unwrap(), "ada.lovelace@analytical.io");
+        assert_eq!(
+            normalise_email(" Ada.Lovelace@Analytical.IO ").unwrap(),
+            "ada.lovelace@analytical.io"
+        );
         assert_eq!(normalise_email("mailto:a@b.co").unwrap(), "a@b.co");
-        for bad in ["", "a", "a@b", "a@@b.co", ".a@b.co", "a..b@c.co", "a@-b.co", "a b@c.co", "a@b.c0"] {
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "a@@b.co",
+            ".a@b.co",
+            "a..b@c.co",
+            "a@-b.co",
+            "a b@c.co",
+            "a@b.c0",
+        ] {
             assert!(normalise_email(bad).is_err(), "{bad}");
         }
     }
@@ -419,40 +491,90 @@ mod tests {
     #[test]
     fn email_bar_follows_status_and_catch_all_policy() {
         let c = |v| ValueCandidate::new(Channel::WorkEmail, "a@b.co", v);
-        assert!(matches!(assess(&c(Verification::Verified), &strict(), None), Assessment::Usable { .. }));
-        assert_eq!(assess(&c(Verification::CatchAll), &strict(), None), Assessment::Unusable(Unusable::CatchAll));
-        let accept = UsabilityPolicy { catch_all: CatchAllPolicy::Accept, ..strict() };
-        assert!(matches!(assess(&c(Verification::CatchAll), &accept, None), Assessment::Usable { .. }));
-        assert_eq!(assess(&c(Verification::Unknown), &strict(), None), Assessment::Unusable(Unusable::Unverified));
-        let verifier = UsabilityPolicy { has_verifier: true, ..strict() };
+        assert!(matches!(
+            assess(&c(Verification::Verified), &strict(), None),
+            Assessment::Usable { .. }
+        ));
+        assert_eq!(
+            assess(&c(Verification::CatchAll), &strict(), None),
+            Assessment::Unusable(Unusable::CatchAll)
+        );
+        let accept = UsabilityPolicy {
+            catch_all: CatchAllPolicy::Accept,
+            ..strict()
+        };
+        assert!(matches!(
+            assess(&c(Verification::CatchAll), &accept, None),
+            Assessment::Usable { .. }
+        ));
+        assert_eq!(
+            assess(&c(Verification::Unknown), &strict(), None),
+            Assessment::Unusable(Unusable::Unverified)
+        );
+        let verifier = UsabilityPolicy {
+            has_verifier: true,
+            ..strict()
+        };
         assert_eq!(
             assess(&c(Verification::Unknown), &verifier, None),
-            Assessment::NeedsVerification { value: "a@b.co".into() }
+            Assessment::NeedsVerification {
+                value: "a@b.co".into()
+            }
         );
-        assert_eq!(assess(&c(Verification::Invalid), &verifier, None), Assessment::Unusable(Unusable::Invalid));
+        assert_eq!(
+            assess(&c(Verification::Invalid), &verifier, None),
+            Assessment::Unusable(Unusable::Invalid)
+        );
     }
 
     #[test]
     fn phones_become_e164() {
-        assert_eq!(normalise_phone("+1 (415) 555-2671", None).unwrap(), "+14155552671");
-        assert_eq!(normalise_phone("(415) 555-2671", Some("US")).unwrap(), "+14155552671");
-        assert_eq!(normalise_phone("1-415-555-2671", Some("us")).unwrap(), "+14155552671");
-        assert_eq!(normalise_phone("011 44 20 7946 0958", Some("US")).unwrap(), "+442079460958");
-        assert_eq!(normalise_phone("020 7946 0958", Some("GB")).unwrap(), "+442079460958");
-        assert_eq!(normalise_phone("0044 20 7946 0958", None).unwrap(), "+442079460958");
-        assert_eq!(normalise_phone("06 12 34 56 78", Some("FR")).unwrap(), "+33612345678");
-        assert_eq!(normalise_phone("+33 6 12 34 56 78 ext. 12", None).unwrap(), "+33612345678");
-        assert_eq!(normalise_phone("+49 30 123456", None).unwrap(), "+4930123456");
+        assert_eq!(
+            normalise_phone("+1 (415) 555-2671", None).unwrap(),
+            "+14155552671"
+        );
+        assert_eq!(
+            normalise_phone("(415) 555-2671", Some("US")).unwrap(),
+            "+14155552671"
+        );
+        assert_eq!(
+            normalise_phone("1-415-555-2671", Some("us")).unwrap(),
+            "+14155552671"
+        );
+        assert_eq!(
+            normalise_phone("011 44 20 7946 0958", Some("US")).unwrap(),
+            "+442079460958"
+        );
+        assert_eq!(
+            normalise_phone("020 7946 0958", Some("GB")).unwrap(),
+            "+442079460958"
+        );
+        assert_eq!(
+            normalise_phone("0044 20 7946 0958", None).unwrap(),
+            "+442079460958"
+        );
+        assert_eq!(
+            normalise_phone("06 12 34 56 78", Some("FR")).unwrap(),
+            "+33612345678"
+        );
+        assert_eq!(
+            normalise_phone("+33 6 12 34 56 78 ext. 12", None).unwrap(),
+            "+33612345678"
+        );
+        assert_eq!(
+            normalise_phone("+49 30 123456", None).unwrap(),
+            "+4930123456"
+        );
     }
 
     #[test]
     fn bad_phones_are_rejected_with_a_reason() {
         for (raw, region) in [
-            ("555-2671", None),             // no region
-            ("+1 (115) 555-2671", None),    // NANP area code cannot start with 1
-            ("+1 415 555 267", None),       // too short
-            ("+999 1234 5678", None),       // unassigned code
-            ("+1 222 222 2222", None),      // placeholder
+            ("555-2671", None),          // no region
+            ("+1 (115) 555-2671", None), // NANP area code cannot start with 1
+            ("+1 415 555 267", None),    // too short
+            ("+999 1234 5678", None),    // unassigned code
+            ("+1 222 222 2222", None),   // placeholder
             ("call me maybe", Some("US")),
             ("+33 6 12 34 56 78 99", None), // too long for France
         ] {
@@ -463,13 +585,28 @@ mod tests {
     #[test]
     fn do_not_call_and_invalid_phones_are_unusable() {
         let mut c = ValueCandidate::new(Channel::Phone, "+14155552671", Verification::Verified);
-        assert!(matches!(assess(&c, &strict(), None), Assessment::Usable { .. }));
+        assert!(matches!(
+            assess(&c, &strict(), None),
+            Assessment::Usable { .. }
+        ));
         c.do_not_call = true;
-        assert_eq!(assess(&c, &strict(), None), Assessment::Unusable(Unusable::DoNotCall));
+        assert_eq!(
+            assess(&c, &strict(), None),
+            Assessment::Unusable(Unusable::DoNotCall)
+        );
         let national = ValueCandidate::new(Channel::Phone, "(415) 555-2671", Verification::Unknown);
-        assert!(matches!(assess(&national, &strict(), Some("US")), Assessment::Usable { .. }));
-        let policy = UsabilityPolicy { default_region: Some("US".into()), ..strict() };
-        assert!(matches!(assess(&national, &policy, None), Assessment::Usable { .. }));
+        assert!(matches!(
+            assess(&national, &strict(), Some("US")),
+            Assessment::Usable { .. }
+        ));
+        let policy = UsabilityPolicy {
+            default_region: Some("US".into()),
+            ..strict()
+        };
+        assert!(matches!(
+            assess(&national, &policy, None),
+            Assessment::Usable { .. }
+        ));
     }
 
     #[test]
@@ -480,7 +617,11 @@ mod tests {
             "linkedin.com/in/ada-lovelace/en",
             "www.linkedin.com/in/ada-lovelace#about",
         ] {
-            assert_eq!(canonical_linkedin(raw).unwrap(), "https://www.linkedin.com/in/ada-lovelace", "{raw}");
+            assert_eq!(
+                canonical_linkedin(raw).unwrap(),
+                "https://www.linkedin.com/in/ada-lovelace",
+                "{raw}"
+            );
         }
         for raw in [
             "https://www.linkedin.com/sales/lead/ACwAAA,NAME",

@@ -45,7 +45,9 @@ impl CallbackHub {
     pub fn deliver(&self, account: &str, job_id: &str, body: Vec<u8>) {
         let notify = {
             let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            let slot = s.entry((account.to_string(), job_id.to_string())).or_default();
+            let slot = s
+                .entry((account.to_string(), job_id.to_string()))
+                .or_default();
             slot.body = Some(body);
             slot.notify.clone()
         };
@@ -310,7 +312,13 @@ async fn run_batch(
 }
 
 fn is_pending(o: &BatchOutcome) -> bool {
-    matches!(o, BatchOutcome::All(Classified { outcome: ProviderOutcome::Pending { .. }, .. }))
+    matches!(
+        o,
+        BatchOutcome::All(Classified {
+            outcome: ProviderOutcome::Pending { .. },
+            ..
+        })
+    )
 }
 
 fn is_transient(o: &BatchOutcome) -> bool {
@@ -329,7 +337,10 @@ fn spread(o: BatchOutcome, n: usize) -> Vec<Classified> {
         BatchOutcome::All(c) => vec![c; n],
         BatchOutcome::Each(mut cs) => {
             cs.resize_with(n, || {
-                Classified::new(ProviderOutcome::Transient, "the provider's answer had no entry for this lead")
+                Classified::new(
+                    ProviderOutcome::Transient,
+                    "the provider's answer had no entry for this lead",
+                )
             });
             cs
         }

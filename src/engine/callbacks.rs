@@ -31,7 +31,10 @@ async fn deliver(
     body: Bytes,
 ) -> (StatusCode, &'static str) {
     let reject = |status, why: &'static str| {
-        engine.stats.callbacks_rejected.fetch_add(1, Ordering::Relaxed);
+        engine
+            .stats
+            .callbacks_rejected
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(account = %account, reason = why, "callback rejected");
         (status, why)
     };
@@ -40,7 +43,12 @@ async fn deliver(
     };
     let hdrs: Vec<(String, String)> = headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or_default().to_string()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
     let envelope = match finder.authenticate_callback(&hdrs, &body) {
         Ok(e) => e,
@@ -51,13 +59,22 @@ async fn deliver(
         Ok(_) => return reject(StatusCode::NOT_FOUND, "no such job"),
         Err(e) => {
             tracing::error!(error = %e, "callback: store unavailable");
-            return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable, retry later");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable, retry later",
+            );
         }
     };
     let (ws, job) = job;
     if !envelope.finished {
-        engine.stats.callbacks_accepted.fetch_add(1, Ordering::Relaxed);
-        return (StatusCode::OK, "ok (partial result ignored; waiting for the batch)");
+        engine
+            .stats
+            .callbacks_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::OK,
+            "ok (partial result ignored; waiting for the batch)",
+        );
     }
     let op = WriteOp::JobState {
         account: account.clone(),
@@ -67,9 +84,15 @@ async fn deliver(
     };
     if let Err(e) = engine.writer.write(&ws, vec![op]).await {
         tracing::error!(error = %e, "callback: could not store the result");
-        return (StatusCode::SERVICE_UNAVAILABLE, "could not store the result, retry later");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "could not store the result, retry later",
+        );
     }
     engine.hub.deliver(&account, &job.job_id, envelope.body);
-    engine.stats.callbacks_accepted.fetch_add(1, Ordering::Relaxed);
+    engine
+        .stats
+        .callbacks_accepted
+        .fetch_add(1, Ordering::Relaxed);
     (StatusCode::OK, "ok")
 }

@@ -92,11 +92,18 @@ impl ProviderClient {
     }
 
     fn trip_on(&self, c: &Classified) {
-        if matches!(c.outcome, ProviderOutcome::OutOfCredits | ProviderOutcome::AuthError) {
+        if matches!(
+            c.outcome,
+            ProviderOutcome::OutOfCredits | ProviderOutcome::AuthError
+        ) {
             let mut t = self.tripped.lock().unwrap_or_else(|e| e.into_inner());
             let note = Classified::new(
                 c.outcome.clone(),
-                format!("{} (not called again for {} s)", c.detail, BREAKER_COOLDOWN.as_secs()),
+                format!(
+                    "{} (not called again for {} s)",
+                    c.detail,
+                    BREAKER_COOLDOWN.as_secs()
+                ),
             );
             *t = Some((Instant::now() + BREAKER_COOLDOWN, note));
         }
@@ -121,12 +128,20 @@ impl ProviderClient {
         if let Some(b) = &req.body {
             rb = rb.body(b.clone());
         }
-        let resp = rb.send().await.map_err(|e| transport_error(&e, self.account.timeout))?;
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, self.account.timeout))?;
         let status = resp.status().as_u16();
         let headers: Vec<(String, String)> = resp
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or_default().to_string()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
             .collect();
         let mut body = Vec::new();
         let mut resp = resp;
@@ -142,7 +157,11 @@ impl ProviderClient {
                 Err(e) => return Err(transport_error(&e, self.account.timeout)),
             }
         }
-        let resp = HttpResponse { status, headers, body };
+        let resp = HttpResponse {
+            status,
+            headers,
+            body,
+        };
         self.learn_from_headers(&resp);
         Ok(resp)
     }
@@ -152,7 +171,8 @@ impl ProviderClient {
         if resp.header("x-ratelimit-remaining").map(str::trim) == Some("0")
             && let Some(reset) = resp.header("x-ratelimit-reset").and_then(parse_reset)
         {
-            self.limiter.pause_until(Instant::now() + reset.min(Duration::from_secs(3600)));
+            self.limiter
+                .pause_until(Instant::now() + reset.min(Duration::from_secs(3600)));
         }
     }
 
@@ -217,7 +237,8 @@ impl ProviderClient {
             ProviderOutcome::RateLimited { retry_after } => {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 let pause = retry_after.unwrap_or(Duration::from_secs(1));
-                self.limiter.pause_until(Instant::now() + pause.min(Duration::from_secs(86_400)));
+                self.limiter
+                    .pause_until(Instant::now() + pause.min(Duration::from_secs(86_400)));
             }
             ProviderOutcome::Transient => {
                 self.stats.transient.fetch_add(1, Ordering::Relaxed);
@@ -228,9 +249,16 @@ impl ProviderClient {
     }
 
     /// Asks a finder for `items` (one request; async providers answer `Pending`).
-    pub async fn find(&self, items: &[FindItem<'_>], callback_url: Option<&str>) -> Exchange<BatchOutcome> {
+    pub async fn find(
+        &self,
+        items: &[FindItem<'_>],
+        callback_url: Option<&str>,
+    ) -> Exchange<BatchOutcome> {
         let Some(finder) = &self.finder else {
-            return not_sent(Classified::new(ProviderOutcome::InvalidInput, format!("`{}` is not a finder", self.account.id)));
+            return not_sent(Classified::new(
+                ProviderOutcome::InvalidInput,
+                format!("`{}` is not a finder", self.account.id),
+            ));
         };
         if let Some(c) = self.breaker() {
             return not_sent(c);
@@ -255,7 +283,10 @@ impl ProviderClient {
     /// Polls an async job.
     pub async fn poll(&self, job_id: &str, items: &[FindItem<'_>]) -> Exchange<BatchOutcome> {
         let Some(req) = self.finder.as_ref().and_then(|f| f.poll_request(job_id)) else {
-            return not_sent(Classified::new(ProviderOutcome::Transient, format!("`{}` cannot be polled", self.account.id)));
+            return not_sent(Classified::new(
+                ProviderOutcome::Transient,
+                format!("`{}` cannot be polled", self.account.id),
+            ));
         };
         let Some(finder) = &self.finder else {
             return not_sent(Classified::new(ProviderOutcome::Transient, "no finder"));
@@ -282,7 +313,10 @@ impl ProviderClient {
     /// Asks a verifier about an email.
     pub async fn verify(&self, email: &str) -> Exchange<VerifyOutcome> {
         let Some(verifier) = &self.verifier else {
-            return not_sent_verify(Classified::new(ProviderOutcome::InvalidInput, format!("`{}` is not a verifier", self.account.id)));
+            return not_sent_verify(Classified::new(
+                ProviderOutcome::InvalidInput,
+                format!("`{}` is not a verifier", self.account.id),
+            ));
         };
         if let Some(c) = self.breaker() {
             return not_sent_verify(c);
@@ -328,7 +362,10 @@ fn not_sent_verify(c: Classified) -> Exchange<VerifyOutcome> {
 }
 
 fn adapter_error(e: AdapterError) -> Classified {
-    Classified::new(ProviderOutcome::InvalidInput, format!("request not sent: {e}"))
+    Classified::new(
+        ProviderOutcome::InvalidInput,
+        format!("request not sent: {e}"),
+    )
 }
 
 fn retry_hint(o: &BatchOutcome, sync_pending: bool) -> Option<Option<Duration>> {
@@ -371,7 +408,9 @@ fn parse_reset(v: &str) -> Option<Duration> {
     let now = chrono::Utc::now();
     if let Ok(n) = v.parse::<i64>() {
         return if n > 1_000_000_000 {
-            Some(Duration::from_secs(u64::try_from(n - now.timestamp()).unwrap_or(0)))
+            Some(Duration::from_secs(
+                u64::try_from(n - now.timestamp()).unwrap_or(0),
+            ))
         } else {
             u64::try_from(n).ok().map(Duration::from_secs)
         };
@@ -402,7 +441,10 @@ mod tests {
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_reset("30"), Some(Duration::from_secs(30)));
         assert!(parse_reset("2000-01-01T00:00:00Z").is_some_and(|d| d.is_zero()));
@@ -411,15 +453,36 @@ mod tests {
     #[test]
     fn what_is_retried() {
         let c = |o| Classified::new(o, "");
-        assert_eq!(retry_after_of(&c(ProviderOutcome::Transient), false), Some(None));
         assert_eq!(
-            retry_after_of(&c(ProviderOutcome::RateLimited { retry_after: Some(Duration::from_secs(3)) }), false),
+            retry_after_of(&c(ProviderOutcome::Transient), false),
+            Some(None)
+        );
+        assert_eq!(
+            retry_after_of(
+                &c(ProviderOutcome::RateLimited {
+                    retry_after: Some(Duration::from_secs(3))
+                }),
+                false
+            ),
             Some(Some(Duration::from_secs(3)))
         );
         assert_eq!(retry_after_of(&c(ProviderOutcome::NotFound), false), None);
-        assert_eq!(retry_after_of(&c(ProviderOutcome::OutOfCredits), false), None);
-        let pending = c(ProviderOutcome::Pending { job_id: String::new(), retry_after: None });
-        assert_eq!(retry_after_of(&pending, false), None, "async jobs are polled, not retried");
-        assert!(retry_after_of(&pending, true).is_some(), "a sync API's 202 is asked again");
+        assert_eq!(
+            retry_after_of(&c(ProviderOutcome::OutOfCredits), false),
+            None
+        );
+        let pending = c(ProviderOutcome::Pending {
+            job_id: String::new(),
+            retry_after: None,
+        });
+        assert_eq!(
+            retry_after_of(&pending, false),
+            None,
+            "async jobs are polled, not retried"
+        );
+        assert!(
+            retry_after_of(&pending, true).is_some(),
+            "a sync API's 202 is asked again"
+        );
     }
 }

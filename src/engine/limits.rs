@@ -47,7 +47,9 @@ impl AccountLimiter {
             })
             .collect();
         periods.sort_by(|a, b| b.cmp(a));
-        let rate = periods.first().map_or(f64::INFINITY, |p| 1.0 / p.as_secs_f64());
+        let rate = periods
+            .first()
+            .map_or(f64::INFINITY, |p| 1.0 / p.as_secs_f64());
         let windows = periods
             .into_iter()
             .filter_map(|p| Quota::with_period(p).map(|q| q.allow_burst(NonZeroU32::MIN)))
@@ -116,14 +118,21 @@ mod tests {
             },
             1.0,
         );
-        assert!((l.rate() - 50.0).abs() < 1e-9, "3000/min binds: {}", l.rate());
+        assert!(
+            (l.rate() - 50.0).abs() < 1e-9,
+            "3000/min binds: {}",
+            l.rate()
+        );
         let start = std::time::Instant::now();
         for _ in 0..21 {
             let _p = l.acquire().await;
         }
         // 20 intervals of 20 ms after the first request.
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(390) && took <= Duration::from_millis(700), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(390) && took <= Duration::from_millis(700),
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -149,6 +158,10 @@ mod tests {
         let second = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
         assert!(second.is_err(), "second request must wait for the first");
         drop(first);
-        assert!(tokio::time::timeout(Duration::from_millis(50), l.acquire()).await.is_ok());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), l.acquire())
+                .await
+                .is_ok()
+        );
     }
 }

@@ -11,14 +11,21 @@ use crate::config::Workspace;
 use crate::core::audience::membership;
 use crate::core::channel::{Channel, ChannelSet};
 use crate::core::lead::{Identity, Lead, LeadId};
-use crate::core::ledger::{BudgetCandidate, available, charge_key, period_key, select_within_budget};
+use crate::core::ledger::{
+    BudgetCandidate, available, charge_key, period_key, select_within_budget,
+};
 use crate::core::outcome::{Classified, MilliCredits, OutcomeKind, ProviderOutcome};
 use crate::core::plan::{ProviderView, Waterfall};
 use crate::core::status::{EnrichmentStatus, status};
-use crate::core::usable::{Assessment, assess, assess_email_status, canonical_linkedin, is_free_mail_domain, normalise_email, normalise_phone};
+use crate::core::usable::{
+    Assessment, assess, assess_email_status, canonical_linkedin, is_free_mail_domain,
+    normalise_email, normalise_phone,
+};
 use crate::core::value::{ChannelValue, DAY_MS, Source, UnixMillis, ValueCandidate, Verification};
 use crate::providers::{BatchOutcome, FindItem, VerifyOutcome};
-use crate::store::{Applied, AttemptRecord, Charge, LeadState, LeadStatusRow, SpendEntry, StoredLead, WriteOp};
+use crate::store::{
+    Applied, AttemptRecord, Charge, LeadState, LeadStatusRow, SpendEntry, StoredLead, WriteOp,
+};
 
 use super::client::Exchange;
 use super::report::{FilledValue, LeadReport, ProviderTotals, RunReport, Unfilled};
@@ -27,11 +34,13 @@ use super::{Engine, EngineError, random_token};
 /// Leads loaded per store round trip.
 const CHUNK: usize = 500;
 
+/// Called as each lead finishes (progress bars).
+pub type Progress = Arc<dyn Fn(&LeadReport) + Send + Sync>;
+
 /// Options of one run.
 #[derive(Clone, Default)]
 pub struct RunOptions {
-    /// Called as each lead finishes (progress bars).
-    pub progress: Option<Arc<dyn Fn(&LeadReport) + Send + Sync>>,
+    pub progress: Option<Progress>,
 }
 
 /// Everything a lead task needs, computed before any provider call.
@@ -111,7 +120,10 @@ impl Engine {
             if p.needed().is_empty() {
                 reports.push(idle_report(&p, "nothing to fill"));
             } else if !ws.enabled {
-                reports.push(idle_report(&p, "enrichment is switched off for this workspace"));
+                reports.push(idle_report(
+                    &p,
+                    "enrichment is switched off for this workspace",
+                ));
             } else {
                 work.push(p);
             }
@@ -186,7 +198,8 @@ impl Engine {
         let limit = self.settings.engine.concurrency;
         let mut set = JoinSet::new();
         let mut first_error = None;
-        let mut collect = |res: Result<Result<LeadReport, EngineError>, tokio::task::JoinError>, reports: &mut Vec<LeadReport>| match res {
+        let mut collect = |res: Result<Result<LeadReport, EngineError>, tokio::task::JoinError>,
+                           reports: &mut Vec<LeadReport>| match res {
             Ok(Ok(r)) => {
                 if let Some(p) = &opts.progress {
                     p(&r);
@@ -247,7 +260,11 @@ impl Engine {
         for f in reports.iter().flat_map(|l| l.filled.iter()) {
             let account = providers
                 .keys()
-                .find(|acc| self.clients.get(*acc).is_some_and(|c| c.account.connector.id == f.source))
+                .find(|acc| {
+                    self.clients
+                        .get(*acc)
+                        .is_some_and(|c| c.account.connector.id == f.source)
+                })
                 .cloned();
             if let Some(t) = account.and_then(|a| providers.get_mut(&a)) {
                 t.values_supplied += 1;
@@ -335,7 +352,13 @@ impl Engine {
             })
             .collect();
         let since = now - i64::from(self.settings.engine.not_found_retry_days) * DAY_MS;
-        let mut wf = Waterfall::plan(needed, |c| ws.order_for(c), &views, &p.stored.attempts, since);
+        let mut wf = Waterfall::plan(
+            needed,
+            |c| ws.order_for(c),
+            &views,
+            &p.stored.attempts,
+            since,
+        );
 
         while let Some(call) = wf.next_call() {
             let Some(client) = self.clients.get(&call.account).cloned() else {
@@ -343,7 +366,10 @@ impl Engine {
             };
             lead.seq += 1;
             let ex: Exchange<Classified> = match self.dispatchers.get(&call.account) {
-                Some(d) => d.find(&ws.id, &ctx.run_id, &p.lead.id, &p.identity, call.channels).await,
+                Some(d) => {
+                    d.find(&ws.id, &ctx.run_id, &p.lead.id, &p.identity, call.channels)
+                        .await
+                }
                 None => {
                     let items = [FindItem {
                         key: p.lead.id.as_str(),
@@ -355,7 +381,9 @@ impl Engine {
                         outcome: match ex.outcome {
                             BatchOutcome::All(c) => c,
                             BatchOutcome::Each(mut cs) if !cs.is_empty() => cs.swap_remove(0),
-                            BatchOutcome::Each(_) => Classified::new(ProviderOutcome::Transient, "empty answer"),
+                            BatchOutcome::Each(_) => {
+                                Classified::new(ProviderOutcome::Transient, "empty answer")
+                            }
                         },
                         tries: ex.tries,
                         http_status: ex.http_status,
@@ -364,14 +392,26 @@ impl Engine {
                 }
             };
             lead.calls += ex.tries;
-            self.apply_call(ctx, &p, &mut lead, &mut wf, &call.account, call.channels, ex).await?;
+            self.apply_call(
+                ctx,
+                &p,
+                &mut lead,
+                &mut wf,
+                &call.account,
+                call.channels,
+                ex,
+            )
+            .await?;
         }
 
         // Where the lead stands now.
         let summary = wf.summary();
         let present = lead.fresh.union(summary.filled);
         let kept: ChannelSet = p.stale.iter().map(|v| v.channel).collect();
-        let status_after = status(p.configured, present.union(kept.difference(lead.invalidated)));
+        let status_after = status(
+            p.configured,
+            present.union(kept.difference(lead.invalidated)),
+        );
         let reasons = wf.reasons();
         let unfilled: Vec<Unfilled> = reasons
             .into_iter()
@@ -386,7 +426,10 @@ impl Engine {
             let at = now + (self.settings.engine.retry_after.as_millis() as i64).max(pause);
             (
                 LeadState::Deferred,
-                format!("some providers were skipped for now ({}); retry scheduled", describe(&unfilled)),
+                format!(
+                    "some providers were skipped for now ({}); retry scheduled",
+                    describe(&unfilled)
+                ),
                 Some(at),
             )
         } else if summary.no_identity {
@@ -396,9 +439,20 @@ impl Engine {
                 None,
             )
         } else if unfilled.is_empty() {
-            (LeadState::Done, "every configured channel is filled".to_string(), None)
+            (
+                LeadState::Done,
+                "every configured channel is filled".to_string(),
+                None,
+            )
         } else {
-            (LeadState::Done, format!("no usable value from any provider ({})", describe(&unfilled)), None)
+            (
+                LeadState::Done,
+                format!(
+                    "no usable value from any provider ({})",
+                    describe(&unfilled)
+                ),
+                None,
+            )
         };
         let mut ops = std::mem::take(&mut lead.attempts);
         ops.push(WriteOp::Status(LeadStatusRow {
@@ -455,21 +509,40 @@ impl Engine {
         };
         let detail = ex.outcome.detail.clone();
         match ex.outcome.outcome {
-            ProviderOutcome::Found { values, provider_cost } => {
+            ProviderOutcome::Found {
+                values,
+                provider_cost,
+            } => {
                 let cost = &client.account.connector.cost;
-                let returned: ChannelSet = values.iter().map(|v| v.channel).filter(|c| channels.contains(*c)).collect();
+                let returned: ChannelSet = values
+                    .iter()
+                    .map(|v| v.channel)
+                    .filter(|c| channels.contains(*c))
+                    .collect();
                 let spend = provider_cost.unwrap_or_else(|| {
-                    cost.attempt_milli() + returned.iter().map(|c| cost.for_channel(c)).sum::<MilliCredits>()
+                    cost.attempt_milli()
+                        + returned
+                            .iter()
+                            .map(|c| cost.for_channel(c))
+                            .sum::<MilliCredits>()
                 });
                 // Decide each channel.
-                let mut decisions: Vec<(Channel, OutcomeKind, String, Option<ChannelValue>)> = Vec::new();
+                let mut decisions: Vec<(Channel, OutcomeKind, String, Option<ChannelValue>)> =
+                    Vec::new();
                 for c in channels.iter() {
-                    let candidates: Vec<&ValueCandidate> = values.iter().filter(|v| v.channel == c).collect();
+                    let candidates: Vec<&ValueCandidate> =
+                        values.iter().filter(|v| v.channel == c).collect();
                     if candidates.is_empty() {
-                        decisions.push((c, OutcomeKind::NotFound, format!("no {c} in the answer ({detail})"), None));
+                        decisions.push((
+                            c,
+                            OutcomeKind::NotFound,
+                            format!("no {c} in the answer ({detail})"),
+                            None,
+                        ));
                         continue;
                     }
-                    let (kind, why, value) = self.judge(ctx, p, lead, &provider, c, &candidates).await;
+                    let (kind, why, value) =
+                        self.judge(ctx, p, lead, &provider, c, &candidates).await;
                     decisions.push((c, kind, why, value));
                 }
                 // Values and their charges, atomically.
@@ -524,8 +597,19 @@ impl Engine {
                             credits,
                         });
                     }
-                    let share = if returned.contains(c) { spend / returned.len().max(1) as i64 } else { 0 };
-                    lead.attempts.push(base.record(c, kind, why, value.map(|v| v.value), share, credits));
+                    let share = if returned.contains(c) {
+                        spend / returned.len().max(1) as i64
+                    } else {
+                        0
+                    };
+                    lead.attempts.push(base.record(
+                        c,
+                        kind,
+                        why,
+                        value.map(|v| v.value),
+                        share,
+                        credits,
+                    ));
                     wf.record(account, c, kind);
                 }
             }
@@ -534,7 +618,11 @@ impl Engine {
                 if matches!(kind, OutcomeKind::OutOfCredits | OutcomeKind::AuthError) {
                     wf.skip_account(account, kind);
                 }
-                let attempt_cost = if kind == OutcomeKind::NotFound { client.account.connector.cost.attempt_milli() } else { 0 };
+                let attempt_cost = if kind == OutcomeKind::NotFound {
+                    client.account.connector.cost.attempt_milli()
+                } else {
+                    0
+                };
                 if attempt_cost != 0 {
                     let op = WriteOp::Spend(SpendEntry {
                         key: format!("{}:{}:{}:{}", ctx.run_id, account, p.lead.id, lead.seq),
@@ -549,7 +637,8 @@ impl Engine {
                 }
                 for c in channels.iter() {
                     let share = attempt_cost / channels.len().max(1) as i64;
-                    lead.attempts.push(base.record(c, kind, detail.clone(), None, share, 0));
+                    lead.attempts
+                        .push(base.record(c, kind, detail.clone(), None, share, 0));
                     wf.record(account, c, kind);
                 }
             }
@@ -575,7 +664,10 @@ impl Engine {
         let mut to_verify: Option<String> = None;
         for cand in candidates {
             match assess(cand, &policy, region) {
-                Assessment::Usable { value, verification } => {
+                Assessment::Usable {
+                    value,
+                    verification,
+                } => {
                     let verified_at = (verification == Verification::Verified).then_some(now);
                     let v = ChannelValue {
                         channel: c,
@@ -608,7 +700,11 @@ impl Engine {
                         found_at: now,
                         verified_at: Some(now),
                     };
-                    (OutcomeKind::Found, "verified by the workspace's verifier".to_string(), Some(v))
+                    (
+                        OutcomeKind::Found,
+                        "verified by the workspace's verifier".to_string(),
+                        Some(v),
+                    )
                 }
                 Verdict::Unusable(why) => (OutcomeKind::Unusable, why, None),
                 Verdict::Later(kind, why) => (kind, format!("verifier unavailable: {why}"), None),
@@ -622,8 +718,21 @@ impl Engine {
     }
 
     /// Asks the workspace's verifier about an email; records the attempt.
-    async fn verify(&self, ctx: &RunCtx, p: &Prepared, lead: &mut LeadRun, c: Channel, email: &str) -> Verdict {
-        let Some(client) = ctx.ws.verifier.as_ref().and_then(|v| self.clients.get(v)).cloned() else {
+    async fn verify(
+        &self,
+        ctx: &RunCtx,
+        p: &Prepared,
+        lead: &mut LeadRun,
+        c: Channel,
+        email: &str,
+    ) -> Verdict {
+        let Some(client) = ctx
+            .ws
+            .verifier
+            .as_ref()
+            .and_then(|v| self.clients.get(v))
+            .cloned()
+        else {
             return Verdict::Unusable("no verifier configured".into());
         };
         let ex = client.verify(email).await;
@@ -641,9 +750,18 @@ impl Engine {
             at: now,
         };
         let (verdict, kind, detail, cost) = match ex.outcome {
-            VerifyOutcome::Checked { verification, provider_status, provider_cost } => {
-                let cost = provider_cost.unwrap_or_else(|| client.account.connector.cost.check_milli());
-                match assess_email_status(email.to_string(), verification, &ctx.ws.usability_without_verifier()) {
+            VerifyOutcome::Checked {
+                verification,
+                provider_status,
+                provider_cost,
+            } => {
+                let cost =
+                    provider_cost.unwrap_or_else(|| client.account.connector.cost.check_milli());
+                match assess_email_status(
+                    email.to_string(),
+                    verification,
+                    &ctx.ws.usability_without_verifier(),
+                ) {
                     Assessment::Usable { verification, .. } => (
                         Verdict::Usable(verification),
                         OutcomeKind::Found,
@@ -680,7 +798,8 @@ impl Engine {
                 tracing::error!(error = %e, "could not record verifier spend");
             }
         }
-        lead.attempts.push(base.record(c, kind, detail, Some(email.to_string()), cost, 0));
+        lead.attempts
+            .push(base.record(c, kind, detail, Some(email.to_string()), cost, 0));
         verdict
     }
 }
@@ -716,7 +835,15 @@ struct AttemptBase<'a> {
 }
 
 impl AttemptBase<'_> {
-    fn record(&self, channel: Channel, outcome: OutcomeKind, detail: String, value: Option<String>, cost: MilliCredits, credits: i64) -> WriteOp {
+    fn record(
+        &self,
+        channel: Channel,
+        outcome: OutcomeKind,
+        detail: String,
+        value: Option<String>,
+        cost: MilliCredits,
+        credits: i64,
+    ) -> WriteOp {
         WriteOp::Attempt(AttemptRecord {
             run_id: self.run_id.to_string(),
             lead_id: self.lead.clone(),
@@ -787,7 +914,11 @@ fn idle_report(p: &Prepared, reason: &str) -> LeadReport {
         audiences: p.audiences.clone(),
         status_before: p.status_before,
         status_after: p.status_before,
-        state: p.stored.status.as_ref().map_or(LeadState::Done, |s| s.state),
+        state: p
+            .stored
+            .status
+            .as_ref()
+            .map_or(LeadState::Done, |s| s.state),
         reason: reason.to_string(),
         filled: Vec::new(),
         unfilled: Vec::new(),
@@ -800,11 +931,19 @@ fn idle_report(p: &Prepared, reason: &str) -> LeadReport {
 fn prepare(ws: &Workspace, lead: Lead, stored: StoredLead, now: UnixMillis) -> Prepared {
     let identity = Identity::from_lead(&lead, &ws.fields);
     let m = membership(&lead, &ws.audiences);
-    let audiences = m.audiences.iter().map(|i| ws.audiences[*i].name.clone()).collect();
+    let audiences = m
+        .audiences
+        .iter()
+        .map(|i| ws.audiences[*i].name.clone())
+        .collect();
     let mut fresh = ChannelSet::EMPTY;
     let mut any = ChannelSet::EMPTY;
     let mut stale = Vec::new();
-    for v in stored.values.iter().filter(|v| v.verification != Verification::Invalid) {
+    for v in stored
+        .values
+        .iter()
+        .filter(|v| v.verification != Verification::Invalid)
+    {
         any.insert(v.channel);
         if v.is_fresh(now, ws.freshness(v.channel)) {
             fresh.insert(v.channel);
@@ -839,12 +978,22 @@ fn crm_channels(lead: &Lead, ws: &Workspace, region: Option<&str>) -> ChannelSet
     let mut s = ChannelSet::EMPTY;
     if let Some(e) = lead.text(&f.email).and_then(|e| normalise_email(&e).ok()) {
         let domain = e.rsplit_once('@').map_or("", |(_, d)| d);
-        s.insert(if is_free_mail_domain(domain) { Channel::PersonalEmail } else { Channel::WorkEmail });
+        s.insert(if is_free_mail_domain(domain) {
+            Channel::PersonalEmail
+        } else {
+            Channel::WorkEmail
+        });
     }
-    if lead.text(&f.phone).is_some_and(|ph| normalise_phone(&ph, region).is_ok()) {
+    if lead
+        .text(&f.phone)
+        .is_some_and(|ph| normalise_phone(&ph, region).is_ok())
+    {
         s.insert(Channel::Phone);
     }
-    if lead.text(&f.linkedin_url).is_some_and(|u| canonical_linkedin(&u).is_ok()) {
+    if lead
+        .text(&f.linkedin_url)
+        .is_some_and(|u| canonical_linkedin(&u).is_ok())
+    {
         s.insert(Channel::LinkedinUrl);
     }
     s

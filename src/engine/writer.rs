@@ -49,16 +49,26 @@ impl Writer {
     }
 
     /// Applies `ops` durably (batched with other senders' ops).
-    pub async fn write(&self, ws: &WorkspaceId, ops: Vec<WriteOp>) -> Result<Vec<Applied>, WriteError> {
+    pub async fn write(
+        &self,
+        ws: &WorkspaceId,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Applied>, WriteError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { ws: ws.clone(), ops, reply })
+            .send(Request {
+                ws: ws.clone(),
+                ops,
+                reply,
+            })
             .await
             .map_err(|_| WriteError::Stopped)?;
-        rx.await.map_err(|_| WriteError::Stopped)?.map_err(WriteError::Store)
+        rx.await
+            .map_err(|_| WriteError::Stopped)?
+            .map_err(WriteError::Store)
     }
 }
 
@@ -79,7 +89,8 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>) {
         // One transaction per workspace present in the burst.
         while !pending.is_empty() {
             let ws = pending[0].ws.clone();
-            let (batch, rest): (Vec<Request>, Vec<Request>) = pending.into_iter().partition(|r| r.ws == ws);
+            let (batch, rest): (Vec<Request>, Vec<Request>) =
+                pending.into_iter().partition(|r| r.ws == ws);
             pending = rest;
             commit(&*store, &ws, batch).await;
         }
@@ -88,7 +99,10 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>) {
 
 async fn commit(store: &dyn Store, ws: &WorkspaceId, mut batch: Vec<Request>) {
     let lens: Vec<usize> = batch.iter().map(|r| r.ops.len()).collect();
-    let ops: Vec<WriteOp> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.ops)).collect();
+    let ops: Vec<WriteOp> = batch
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.ops))
+        .collect();
     match store.apply(ws, &ops).await {
         Ok(applied) => {
             let mut it = applied.into_iter();

@@ -22,7 +22,10 @@ async fn harness(n: usize, latency_ms: u64, store_url: Option<&str>) -> Harness 
             ProviderKind::Apollo,
             SimOptions::defaults(ProviderKind::Apollo)
                 .with_latency(lat, lat * 2)
-                .with_profile(ProviderProfile::uniform(&[(SimChannel::WorkEmail, q(0.5)), (SimChannel::LinkedinUrl, q(0.8))])),
+                .with_profile(ProviderProfile::uniform(&[
+                    (SimChannel::WorkEmail, q(0.5)),
+                    (SimChannel::LinkedinUrl, q(0.8)),
+                ])),
         )
         .provider_with(
             "prospeo",
@@ -30,7 +33,10 @@ async fn harness(n: usize, latency_ms: u64, store_url: Option<&str>) -> Harness 
             SimOptions::defaults(ProviderKind::Prospeo)
                 .unlimited()
                 .with_latency(lat, lat * 2)
-                .with_profile(ProviderProfile::uniform(&[(SimChannel::WorkEmail, q(0.9)), (SimChannel::Phone, q(0.6))])),
+                .with_profile(ProviderProfile::uniform(&[
+                    (SimChannel::WorkEmail, q(0.9)),
+                    (SimChannel::Phone, q(0.6)),
+                ])),
             "limits = { per_second = 5000, per_minute = 300000, per_day = 100000000 }",
         )
         .workspace(WS);
@@ -48,7 +54,9 @@ async fn ledger_matches_values(h: &Harness, n: usize) -> i64 {
     assert_eq!(keys.len(), ledger.len(), "duplicate charge keys");
     let mut charged: BTreeMap<(String, String), i64> = BTreeMap::new();
     for e in &ledger {
-        *charged.entry((e.lead_id.0.clone(), e.channel.to_string())).or_default() += e.credits;
+        *charged
+            .entry((e.lead_id.0.clone(), e.channel.to_string()))
+            .or_default() += e.credits;
     }
     let mut values = 0;
     for i in 0..n {
@@ -56,10 +64,18 @@ async fn ledger_matches_values(h: &Harness, n: usize) -> i64 {
         for v in h.store.values(&h.ws.id, &id).await.expect("values") {
             values += 1;
             let c = charged.remove(&(id.0.clone(), v.channel.to_string()));
-            assert_eq!(c, Some(h.ws.prices.of(v.channel)), "lead {i} {}: charged {c:?}", v.channel);
+            assert_eq!(
+                c,
+                Some(h.ws.prices.of(v.channel)),
+                "lead {i} {}: charged {c:?}",
+                v.channel
+            );
         }
     }
-    assert!(charged.is_empty(), "charges without a stored value: {charged:?}");
+    assert!(
+        charged.is_empty(),
+        "charges without a stored value: {charged:?}"
+    );
     assert_eq!(values, ledger.len());
     ledger.iter().map(|e| e.credits).sum()
 }
@@ -75,7 +91,11 @@ async fn the_same_work_run_twice_at_the_same_time_is_charged_once() {
     let (a, b) = (a.expect("run a"), b.expect("run b"));
     let total = ledger_matches_values(&h, 150).await;
     assert!(total > 0);
-    assert_eq!(a.totals.credits_charged + b.totals.credits_charged, total, "each charge reported by exactly one run");
+    assert_eq!(
+        a.totals.credits_charged + b.totals.credits_charged,
+        total,
+        "each charge reported by exactly one run"
+    );
 }
 
 #[tokio::test]
@@ -101,7 +121,10 @@ async fn a_run_interrupted_and_run_again_is_charged_once() {
     let repeat = h.total_requests() - requests;
     let before = h.store.ledger(&h.ws.id).await.expect("ledger").len();
     assert_eq!(ledger_matches_values(&h, 200).await, total);
-    assert_eq!(h.store.ledger(&h.ws.id).await.expect("ledger").len(), before);
+    assert_eq!(
+        h.store.ledger(&h.ws.id).await.expect("ledger").len(),
+        before
+    );
     assert_eq!(repeat, 0, "a third run found nothing new to ask");
 }
 

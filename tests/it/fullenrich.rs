@@ -19,7 +19,10 @@ const SUBMIT: &str = "POST /contact/enrich/bulk";
 
 fn fullenrich(delay_ms: u64) -> SimOptions {
     SimOptions::defaults(ProviderKind::FullEnrich)
-        .with_profile(ProviderProfile::perfect(&[SimChannel::WorkEmail, SimChannel::Phone]))
+        .with_profile(ProviderProfile::perfect(&[
+            SimChannel::WorkEmail,
+            SimChannel::Phone,
+        ]))
         .with_processing_delay(Duration::from_millis(delay_ms))
 }
 
@@ -39,7 +42,11 @@ async fn an_async_result_completes_the_lead_by_callback() {
     }
     let st = h.sim("fullenrich").stats();
     assert_eq!(st.count_endpoint(SUBMIT), 1, "three leads, one batch");
-    assert_eq!(st.count_endpoint(GET), 0, "the callback made polling unnecessary");
+    assert_eq!(
+        st.count_endpoint(GET),
+        0,
+        "the callback made polling unnecessary"
+    );
     assert!(st.callbacks_sent >= 1);
     assert_eq!(report.totals.credits_charged, 3 * (1 + 10));
     let jobs = h.store.open_jobs(&h.ws.id).await.expect("jobs");
@@ -58,7 +65,10 @@ async fn an_async_result_completes_the_lead_by_polling_without_callbacks() {
         assert_eq!(l.filled.len(), 2, "{}: {}", l.lead_id, l.reason);
     }
     let st = h.sim("fullenrich").stats();
-    assert!(st.count_endpoint(GET) >= 1, "the result must have been polled");
+    assert!(
+        st.count_endpoint(GET) >= 1,
+        "the result must have been polled"
+    );
     assert_eq!(st.callbacks_sent, 0, "no callback URL was given");
 }
 
@@ -73,7 +83,11 @@ async fn leads_are_batched_up_to_the_providers_batch_size() {
         .await;
     let report = h.run(h.leads(0..150)).await;
     assert_eq!(report.totals.values_found, 300);
-    assert_eq!(h.sim("fullenrich").stats().count_endpoint(SUBMIT), 2, "100 + 50 contacts");
+    assert_eq!(
+        h.sim("fullenrich").stats().count_endpoint(SUBMIT),
+        2,
+        "100 + 50 contacts"
+    );
 }
 
 #[tokio::test]
@@ -93,7 +107,13 @@ async fn a_forged_callback_is_rejected_and_changes_nothing() {
     let wid = h.ws.id.clone();
     let mut job = None;
     for _ in 0..100 {
-        if let Some(j) = store.open_jobs(&wid).await.expect("jobs").into_iter().next() {
+        if let Some(j) = store
+            .open_jobs(&wid)
+            .await
+            .expect("jobs")
+            .into_iter()
+            .next()
+        {
             job = Some(j);
             break;
         }
@@ -112,7 +132,10 @@ async fn a_forged_callback_is_rejected_and_changes_nothing() {
     let post = |url: String, sig: Option<String>, body: String| {
         let http = http.clone();
         async move {
-            let mut rb = http.post(url).header("content-type", "application/json").body(body);
+            let mut rb = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body);
             if let Some(s) = sig {
                 rb = rb.header("X-Signature-SHA1", s);
             }
@@ -123,15 +146,33 @@ async fn a_forged_callback_is_rejected_and_changes_nothing() {
     assert_eq!(post(url.clone(), None, forged.clone()).await, 401);
     let wrong = enrichd_sim::fullenrich_signature("not-the-key", forged.as_bytes());
     assert_eq!(post(url.clone(), Some(wrong), forged.clone()).await, 401);
-    let signed = enrichd_sim::fullenrich_signature(h.sim("fullenrich").api_key(), forged.as_bytes());
+    let signed =
+        enrichd_sim::fullenrich_signature(h.sim("fullenrich").api_key(), forged.as_bytes());
     let other = format!("{base}/callbacks/fullenrich/{}", "0".repeat(32));
     assert_eq!(post(other, Some(signed), forged.clone()).await, 404);
     // Nothing changed: the job still waits, nothing stored, nothing charged.
-    let j = h.store.job(&h.ws.id, "fullenrich", &job.job_id).await.expect("job").expect("exists");
+    let j = h
+        .store
+        .job(&h.ws.id, "fullenrich", &job.job_id)
+        .await
+        .expect("job")
+        .expect("exists");
     assert_eq!(j.state, JobState::Pending);
-    assert!(h.store.values(&h.ws.id, &Harness::lead_id(0)).await.expect("values").is_empty());
+    assert!(
+        h.store
+            .values(&h.ws.id, &Harness::lead_id(0))
+            .await
+            .expect("values")
+            .is_empty()
+    );
     assert!(h.store.ledger(&h.ws.id).await.expect("ledger").is_empty());
-    assert_eq!(h.engine.stats.callbacks_rejected.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        h.engine
+            .stats
+            .callbacks_rejected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
     // The genuine callback then completes the lead with the true values.
     let report = run.await.expect("join").expect("run");
     let l = &report.leads[0];

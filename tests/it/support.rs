@@ -36,7 +36,6 @@ struct ProviderSpec {
 }
 
 pub struct HarnessBuilder {
-    seed: u64,
     size: usize,
     providers: Vec<ProviderSpec>,
     workspace: String,
@@ -48,7 +47,6 @@ pub struct HarnessBuilder {
 impl HarnessBuilder {
     pub fn new(size: usize) -> Self {
         HarnessBuilder {
-            seed: 11,
             size,
             providers: Vec::new(),
             workspace: String::new(),
@@ -56,11 +54,6 @@ impl HarnessBuilder {
             callbacks: false,
             store_url: None,
         }
-    }
-
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
     }
 
     /// A provider account named `account` backed by a simulator.
@@ -75,7 +68,13 @@ impl HarnessBuilder {
     }
 
     /// ... with extra lines for its `[providers.<account>]` table.
-    pub fn provider_with(mut self, account: &str, kind: ProviderKind, opts: SimOptions, extra: &str) -> Self {
+    pub fn provider_with(
+        mut self,
+        account: &str,
+        kind: ProviderKind,
+        opts: SimOptions,
+        extra: &str,
+    ) -> Self {
         self.providers.push(ProviderSpec {
             account: account.to_string(),
             kind,
@@ -111,7 +110,7 @@ impl HarnessBuilder {
 
     pub async fn start(self) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let population = Arc::new(Population::generate(self.seed, self.size));
+        let population = Arc::new(Population::generate(11, self.size));
         let mut sims = BTreeMap::new();
         let mut secrets = BTreeMap::new();
         let store_url = self
@@ -132,11 +131,16 @@ impl HarnessBuilder {
         }
         let mut toml = format!("[storage]\nurl = \"{store_url}\"\n\n[engine]\n{engine}\n\n");
         for p in self.providers {
-            let sim = enrichd_sim::start(p.kind, population.clone(), p.opts).await.expect("start simulator");
+            let sim = enrichd_sim::start(p.kind, population.clone(), p.opts)
+                .await
+                .expect("start simulator");
             let var = format!("KEY_{}", p.account.to_uppercase());
             secrets.insert(var.clone(), sim.api_key().to_string());
             let mut defaults = String::new();
-            for (key, line) in [("timeout_secs", "timeout_secs = 2\n"), ("max_retries", "max_retries = 2\n")] {
+            for (key, line) in [
+                ("timeout_secs", "timeout_secs = 2\n"),
+                ("max_retries", "max_retries = 2\n"),
+            ] {
                 if !p.extra.contains(key) {
                     defaults.push_str(line);
                 }
@@ -158,10 +162,16 @@ impl HarnessBuilder {
             Ok(s) => Arc::new(s),
             Err(e) => panic!("test config invalid:\n{e}\n---\n{toml}"),
         };
-        let store = enrichd::store::open(&settings.storage_url).await.expect("open store");
+        let store = enrichd::store::open(&settings.storage_url)
+            .await
+            .expect("open store");
         store.migrate().await.expect("migrate");
         let listener = if self.callbacks {
-            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"))
+            Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            )
         } else {
             None
         };
@@ -253,7 +263,9 @@ impl Harness {
     /// What `account`'s simulator holds for person `i` on `channel`.
     pub fn knows(&self, account: &str, i: usize, c: Channel) -> Option<Knowledge> {
         let sim = self.sim(account);
-        sim.options().profile.knows(&self.population, &sim.options().name, i, sim_channel(c))
+        sim.options()
+            .profile
+            .knows(&self.population, &sim.options().name, i, sim_channel(c))
     }
 
     /// The value `account` would supply for person `i` on `channel` that
@@ -271,20 +283,30 @@ impl Harness {
         {
             return None;
         }
-        self.knows(account, i, c).filter(|k| k.word == Word::Verified || !c.is_email()).map(|k| k.value)
+        self.knows(account, i, c)
+            .filter(|k| k.word == Word::Verified || !c.is_email())
+            .map(|k| k.value)
     }
 
     /// The same providers and store with workspace `t` redefined: what a
     /// user gets after editing config.toml and starting again.
     pub fn reconfigure(&self, workspace: &str) -> (Arc<Workspace>, Arc<Engine>) {
-        let toml = format!("{}[[workspaces]]\nid = \"t\"\n{workspace}\n", self.config_prefix);
+        let toml = format!(
+            "{}[[workspaces]]\nid = \"t\"\n{workspace}\n",
+            self.config_prefix
+        );
         let settings = match Settings::from_str(&self.config_path, &toml, &self.secrets) {
             Ok(s) => Arc::new(s),
             Err(e) => panic!("test config invalid:\n{e}"),
         };
         let engine = Arc::new(
-            Engine::new(settings.clone(), self.store.clone(), Arc::new(SystemClock), EngineOptions::default())
-                .expect("engine"),
+            Engine::new(
+                settings.clone(),
+                self.store.clone(),
+                Arc::new(SystemClock),
+                EngineOptions::default(),
+            )
+            .expect("engine"),
         );
         (settings.workspace("t").expect("workspace").clone(), engine)
     }

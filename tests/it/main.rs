@@ -1,0 +1,12 @@
+//! One integration-test binary: real HTTP on loopback against the
+//! simulators, real SQLite and PostgreSQL.
+
+mod budget;
+mod config_errors;
+mod db;
+mod exactly_once;
+mod failures;
+mod fullenrich;
+mod store;
+mod support;
+mod waterfall;
