@@ -54,6 +54,27 @@ pub struct ProviderClient {
     tripped: Mutex<Option<(Instant, Classified)>>,
 }
 
+/// Why no answer came back.
+enum Sent {
+    /// The request failed on the way (timeout, connection, oversized answer).
+    Failed(String),
+    /// The local limiter would hold it longer than we wait inline.
+    NotNow(Duration),
+}
+
+/// The outcome of a request the limiter held back.
+fn held_back(account: &str, wait: Duration) -> Classified {
+    Classified::new(
+        ProviderOutcome::RateLimited {
+            retry_after: Some(wait),
+        },
+        format!(
+            "not sent: {account}'s documented limit is used up for now (next slot in {} s)",
+            wait.as_secs()
+        ),
+    )
+}
+
 /// Why an attempt should be retried.
 struct RetryLater<T> {
     value: T,
@@ -110,9 +131,13 @@ impl ProviderClient {
     }
 
     /// One HTTP exchange under the limiter.
-    async fn send(&self, req: &HttpRequest) -> Result<HttpResponse, String> {
+    async fn send(&self, req: &HttpRequest) -> Result<HttpResponse, Sent> {
         let waited = Instant::now();
-        let _permit = self.limiter.acquire().await;
+        let _permit = self
+            .limiter
+            .acquire(self.max_retry_wait)
+            .await
+            .map_err(Sent::NotNow)?;
         self.stats
             .limiter_wait_ms
             .fetch_add(waited.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -131,7 +156,7 @@ impl ProviderClient {
         let resp = rb
             .send()
             .await
-            .map_err(|e| transport_error(&e, self.account.timeout))?;
+            .map_err(|e| Sent::Failed(transport_error(&e, self.account.timeout)))?;
         let status = resp.status().as_u16();
         let headers: Vec<(String, String)> = resp
             .headers()
@@ -149,12 +174,15 @@ impl ProviderClient {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_BODY {
-                        return Err(format!("answer larger than {} MB", MAX_BODY / 1024 / 1024));
+                        return Err(Sent::Failed(format!(
+                            "answer larger than {} MB",
+                            MAX_BODY / 1024 / 1024
+                        )));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(transport_error(&e, self.account.timeout)),
+                Err(e) => return Err(Sent::Failed(transport_error(&e, self.account.timeout))),
             }
         }
         let resp = HttpResponse {
@@ -182,20 +210,25 @@ impl ProviderClient {
         &self,
         req: &HttpRequest,
         classify: impl Fn(&HttpResponse) -> T,
-        transport: impl Fn(String) -> T,
+        transport: impl Fn(Sent) -> T,
         retry: impl Fn(&T) -> Option<Option<Duration>>,
     ) -> Exchange<T> {
         let started = Instant::now();
         let tries = AtomicU64::new(0);
         let status = Mutex::new(None);
         let attempt = || async {
-            tries.fetch_add(1, Ordering::Relaxed);
             let value = match self.send(req).await {
                 Ok(resp) => {
+                    tries.fetch_add(1, Ordering::Relaxed);
                     *status.lock().unwrap_or_else(|e| e.into_inner()) = Some(resp.status);
                     classify(&resp)
                 }
-                Err(msg) => transport(msg),
+                Err(e) => {
+                    if matches!(e, Sent::Failed(_)) {
+                        tries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    transport(e)
+                }
             };
             match retry(&value) {
                 Some(after) => Err(RetryLater { value, after }),
@@ -228,6 +261,13 @@ impl ProviderClient {
             tries: tries.load(Ordering::Relaxed) as u32,
             http_status: *status.lock().unwrap_or_else(|e| e.into_inner()),
             latency: started.elapsed(),
+        }
+    }
+
+    fn unsent(&self, e: Sent) -> Classified {
+        match e {
+            Sent::Failed(msg) => Classified::new(ProviderOutcome::Transient, msg),
+            Sent::NotNow(wait) => held_back(&self.account.id, wait),
         }
     }
 
@@ -272,7 +312,7 @@ impl ProviderClient {
             .execute(
                 &req,
                 |resp| finder.classify_find(items, resp),
-                |msg| BatchOutcome::All(Classified::new(ProviderOutcome::Transient, msg)),
+                |e| BatchOutcome::All(self.unsent(e)),
                 |o| retry_hint(o, sync_pending),
             )
             .await;
@@ -295,7 +335,7 @@ impl ProviderClient {
             .execute(
                 &req,
                 |resp| finder.classify_poll(items, resp),
-                |msg| BatchOutcome::All(Classified::new(ProviderOutcome::Transient, msg)),
+                |e| BatchOutcome::All(self.unsent(e)),
                 |o| retry_hint(o, false),
             )
             .await;
@@ -329,7 +369,7 @@ impl ProviderClient {
             .execute(
                 &req,
                 |resp| verifier.classify_verify(resp),
-                |msg| VerifyOutcome::Failed(Classified::new(ProviderOutcome::Transient, msg)),
+                |e| VerifyOutcome::Failed(self.unsent(e)),
                 |o| match o {
                     VerifyOutcome::Failed(c) => retry_after_of(c, false),
                     VerifyOutcome::Checked { .. } => None,

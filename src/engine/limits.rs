@@ -1,10 +1,19 @@
-//! The in-process rate limiter of one provider account: every documented
-//! window (per second, minute, hour, day) as a governor GCRA limiter with a
-//! burst of one, so requests are spread evenly and no fixed or sliding window
-//! of the provider ever sees more than its limit; a concurrency cap; and a
-//! pause the provider can impose (429 with `Retry-After`, or a remaining-quota
-//! header at zero). Every HTTP attempt, retries included, acquires it.
+//! The in-process rate limiter of one provider account. Every HTTP attempt,
+//! retries included, acquires it.
+//!
+//! - Windows up to a minute: a governor GCRA limiter with a burst of one, so
+//!   requests are spread evenly and no fixed or sliding window of the
+//!   provider ever sees more than its limit, at 100% of the rate.
+//! - Longer windows (hour, day): a sliding-window log of the last N request
+//!   times. Spreading a daily quota evenly would starve the account (600/day
+//!   = one request every 144 s); the log allows bursts while still never
+//!   letting N+1 requests into any window of that length. When such a window
+//!   is exhausted the caller learns how long to wait instead of blocking for
+//!   hours, and skips the provider for now.
+//! - A concurrency cap, and a pause the provider can impose (429 with
+//!   `Retry-After`, or a remaining-quota header at zero).
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,9 +29,45 @@ use crate::providers::def::Limits;
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, NoOpMiddleware>;
 
+/// Windows longer than this are counted with a sliding log, not GCRA.
+const SMOOTHED_UP_TO: Duration = Duration::from_secs(60);
+
+/// At most `max` requests in any window of length `window`.
+struct SlidingLog {
+    window: Duration,
+    max: usize,
+    times: Mutex<VecDeque<Instant>>,
+}
+
+impl SlidingLog {
+    /// Records a request now if the window has room; otherwise how long
+    /// until it will.
+    fn try_take(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut t = self.times.lock().unwrap_or_else(|e| e.into_inner());
+        while t
+            .front()
+            .is_some_and(|f| now.duration_since(*f) >= self.window)
+        {
+            t.pop_front();
+        }
+        if t.len() < self.max {
+            t.push_back(now);
+            Ok(())
+        } else {
+            let oldest = t.front().copied().unwrap_or(now);
+            Err((oldest + self.window)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1)))
+        }
+    }
+}
+
 pub struct AccountLimiter {
-    /// Most restrictive window first.
+    /// Windows up to a minute, most restrictive first.
     windows: Vec<Gcra>,
+    /// Hour and day windows.
+    logs: Vec<SlidingLog>,
     concurrency: Option<std::sync::Arc<Semaphore>>,
     paused_until: Mutex<Option<Instant>>,
     /// The sustained rate this limiter allows, requests per second.
@@ -38,18 +83,24 @@ impl AccountLimiter {
     /// `headroom` (0 < h ≤ 1) scales every window, leaving a margin for clock
     /// skew and network jitter between us and the provider's counter.
     pub fn new(limits: &Limits, headroom: f64) -> AccountLimiter {
-        let mut periods: Vec<Duration> = limits
-            .windows()
-            .into_iter()
-            .map(|(window, count)| {
-                let allowed = (f64::from(count) * headroom).floor().max(1.0);
-                window.div_f64(allowed)
-            })
-            .collect();
+        let scaled = |count: u32| (f64::from(count) * headroom).floor().max(1.0);
+        let mut periods: Vec<Duration> = Vec::new();
+        let mut logs = Vec::new();
+        let mut rate = f64::INFINITY;
+        for (window, count) in limits.windows() {
+            let allowed = scaled(count);
+            rate = rate.min(allowed / window.as_secs_f64());
+            if window <= SMOOTHED_UP_TO {
+                periods.push(window.div_f64(allowed));
+            } else {
+                logs.push(SlidingLog {
+                    window,
+                    max: allowed as usize,
+                    times: Mutex::new(VecDeque::new()),
+                });
+            }
+        }
         periods.sort_by(|a, b| b.cmp(a));
-        let rate = periods
-            .first()
-            .map_or(f64::INFINITY, |p| 1.0 / p.as_secs_f64());
         let windows = periods
             .into_iter()
             .filter_map(|p| Quota::with_period(p).map(|q| q.allow_burst(NonZeroU32::MIN)))
@@ -57,6 +108,7 @@ impl AccountLimiter {
             .collect();
         AccountLimiter {
             windows,
+            logs,
             concurrency: limits
                 .concurrency
                 .map(|n| std::sync::Arc::new(Semaphore::new(n as usize))),
@@ -70,8 +122,10 @@ impl AccountLimiter {
         self.rate
     }
 
-    /// Waits for a concurrency slot, any pause, and every window.
-    pub async fn acquire(&self) -> Permit {
+    /// Waits for a concurrency slot, any pause, and every window. Fails with
+    /// the time still needed when a pause or an hour/day window would keep
+    /// the request waiting longer than `max_wait`.
+    pub async fn acquire(&self, max_wait: Duration) -> Result<Permit, Duration> {
         let slot = match &self.concurrency {
             Some(s) => s.clone().acquire_owned().await.ok(),
             None => None,
@@ -79,14 +133,29 @@ impl AccountLimiter {
         loop {
             let pause = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
             match pause {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                Some(until) if until > Instant::now() => {
+                    let wait = until - Instant::now();
+                    if wait > max_wait {
+                        return Err(wait);
+                    }
+                    tokio::time::sleep_until(until).await;
+                }
                 _ => break,
+            }
+        }
+        for log in &self.logs {
+            loop {
+                match log.try_take() {
+                    Ok(()) => break,
+                    Err(wait) if wait > max_wait => return Err(wait),
+                    Err(wait) => tokio::time::sleep(wait).await,
+                }
             }
         }
         for w in &self.windows {
             w.until_ready().await;
         }
-        Permit { _slot: slot }
+        Ok(Permit { _slot: slot })
     }
 
     /// Holds every request until `until` (extends, never shortens, a pause).
@@ -125,7 +194,7 @@ mod tests {
         );
         let start = std::time::Instant::now();
         for _ in 0..21 {
-            let _p = l.acquire().await;
+            let _p = l.acquire(Duration::MAX).await;
         }
         // 20 intervals of 20 ms after the first request.
         let took = start.elapsed();
@@ -141,7 +210,14 @@ mod tests {
         let start = Instant::now();
         l.pause_until(start + Duration::from_secs(5));
         l.pause_until(start + Duration::from_secs(1)); // never shortens
-        let _p = l.acquire().await;
+        assert_eq!(
+            l.acquire(Duration::from_secs(1))
+                .await
+                .err()
+                .map(|w| w.as_secs()),
+            Some(5)
+        );
+        let _p = l.acquire(Duration::MAX).await;
         assert!(start.elapsed() >= Duration::from_secs(5));
     }
 
@@ -154,14 +230,47 @@ mod tests {
             },
             1.0,
         );
-        let first = l.acquire().await;
-        let second = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
+        let first = l.acquire(Duration::MAX).await;
+        let second =
+            tokio::time::timeout(Duration::from_millis(50), l.acquire(Duration::MAX)).await;
         assert!(second.is_err(), "second request must wait for the first");
         drop(first);
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), l.acquire())
+            tokio::time::timeout(Duration::from_millis(50), l.acquire(Duration::MAX))
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_windows_allow_bursts_but_never_more_than_their_count() {
+        let l = AccountLimiter::new(
+            &Limits {
+                per_day: Some(100),
+                ..Limits::default()
+            },
+            1.0,
+        );
+        let start = Instant::now();
+        for _ in 0..100 {
+            assert!(
+                l.acquire(Duration::ZERO).await.is_ok(),
+                "a day's quota may be used at once"
+            );
+        }
+        assert!(start.elapsed() < Duration::from_secs(1));
+        // The 101st must wait for the first to leave the window: it is not
+        // blocked for a day, the caller is told how long.
+        let wait = l
+            .acquire(Duration::from_secs(60))
+            .await
+            .err()
+            .expect("window full");
+        assert!(
+            wait > Duration::from_secs(86_000) && wait <= Duration::from_secs(86_400),
+            "{wait:?}"
+        );
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        assert!(l.acquire(Duration::ZERO).await.is_ok());
     }
 }
