@@ -519,8 +519,16 @@ impl Engine {
                     .map(|v| v.channel)
                     .filter(|c| channels.contains(*c))
                     .collect();
+                // What the provider billed: its own figure when it gives one,
+                // else an estimate from the connector's cost table.
                 let spend = provider_cost.unwrap_or_else(|| {
+                    let matched = if values.is_empty() {
+                        0
+                    } else {
+                        cost.per_match_milli()
+                    };
                     cost.attempt_milli()
+                        + matched
                         + returned
                             .iter()
                             .map(|c| cost.for_channel(c))

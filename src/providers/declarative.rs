@@ -57,6 +57,16 @@ struct Template(Vec<Seg>);
 enum Seg {
     Lit(String),
     Ph(IdentityInput),
+    /// `{asks.<channel>}`: whether this request asks for the channel
+    /// (`true`/`false`; a JSON boolean when it is a whole body string).
+    Asks(Channel),
+}
+
+/// What a template is rendered with.
+#[derive(Clone, Copy)]
+struct Vars<'a> {
+    id: &'a Identity,
+    asks: ChannelSet,
 }
 
 impl Template {
@@ -70,16 +80,30 @@ impl Template {
             lit.push_str(rest.get(..open).unwrap_or(""));
             let after = rest.get(open + 1..).unwrap_or("");
             let name_len = after
-                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .find(|c: char| {
+                    !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+                })
                 .unwrap_or(after.len());
             let name = after.get(..name_len).unwrap_or("");
-            if !name.is_empty() && after.get(name_len..).is_some_and(|r| r.starts_with('}')) {
+            if let Some(channel) = name.strip_prefix("asks.")
+                && after.get(name_len..).is_some_and(|r| r.starts_with('}'))
+            {
+                let c = channel
+                    .parse::<Channel>()
+                    .map_err(|e| format!("placeholder {{{name}}}: {e}"))?;
+                if !lit.is_empty() {
+                    segs.push(Seg::Lit(std::mem::take(&mut lit)));
+                }
+                segs.push(Seg::Asks(c));
+                rest = after.get(name_len + 1..).unwrap_or("");
+            } else if !name.is_empty() && after.get(name_len..).is_some_and(|r| r.starts_with('}'))
+            {
                 let input = IdentityInput::ALL
                     .into_iter()
                     .find(|i| i.as_str() == name)
                     .ok_or_else(|| {
                         format!(
-                            "unknown placeholder {{{name}}} (known: {})",
+                            "unknown placeholder {{{name}}} (known: {}, {{asks.<channel>}})",
                             IdentityInput::ALL
                                 .map(|i| format!("{{{}}}", i.as_str()))
                                 .join(", ")
@@ -104,7 +128,7 @@ impl Template {
 
     /// The rendered text, or `None` when it has placeholders and all of them
     /// are empty for this lead.
-    fn render(&self, id: &Identity) -> Option<String> {
+    fn render(&self, v: Vars<'_>) -> Option<String> {
         let mut out = String::new();
         let (mut placeholders, mut filled) = (0, 0);
         for seg in &self.0 {
@@ -112,10 +136,15 @@ impl Template {
                 Seg::Lit(s) => out.push_str(s),
                 Seg::Ph(i) => {
                     placeholders += 1;
-                    if let Some(v) = i.get(id).map(str::trim).filter(|v| !v.is_empty()) {
+                    if let Some(x) = i.get(v.id).map(str::trim).filter(|x| !x.is_empty()) {
                         filled += 1;
-                        out.push_str(v);
+                        out.push_str(x);
                     }
+                }
+                Seg::Asks(c) => {
+                    placeholders += 1;
+                    filled += 1;
+                    out.push_str(if v.asks.contains(*c) { "true" } else { "false" });
                 }
             }
         }
@@ -123,12 +152,19 @@ impl Template {
     }
 
     /// Rendered with empty placeholders kept as empty text.
-    fn render_all(&self, id: &Identity) -> String {
+    fn render_all(&self, v: Vars<'_>) -> String {
         self.0
             .iter()
             .map(|seg| match seg {
                 Seg::Lit(s) => s.as_str(),
-                Seg::Ph(i) => i.get(id).map(str::trim).unwrap_or(""),
+                Seg::Ph(i) => i.get(v.id).map(str::trim).unwrap_or(""),
+                Seg::Asks(c) => {
+                    if v.asks.contains(*c) {
+                        "true"
+                    } else {
+                        "false"
+                    }
+                }
             })
             .collect()
     }
@@ -161,16 +197,20 @@ impl BodyTpl {
         })
     }
 
-    fn render(&self, id: &Identity) -> Value {
+    fn render(&self, vars: Vars<'_>) -> Value {
         match self {
             BodyTpl::Obj(fields) => Value::Object(
                 fields
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.render(id)))
+                    .map(|(k, v)| (k.clone(), v.render(vars)))
                     .collect::<Map<_, _>>(),
             ),
-            BodyTpl::Arr(a) => Value::Array(a.iter().map(|v| v.render(id)).collect()),
-            BodyTpl::Str(t) => Value::String(t.render_all(id)),
+            BodyTpl::Arr(a) => Value::Array(a.iter().map(|v| v.render(vars)).collect()),
+            BodyTpl::Str(Template(segs)) if matches!(segs.as_slice(), [Seg::Asks(_)]) => {
+                let asked = matches!(segs.as_slice(), [Seg::Asks(c)] if vars.asks.contains(*c));
+                Value::Bool(asked)
+            }
+            BodyTpl::Str(t) => Value::String(t.render_all(vars)),
             BodyTpl::Other(v) => v.clone(),
         }
     }
@@ -606,6 +646,10 @@ impl Finder for Declarative {
             });
         };
         let id = item.identity;
+        let vars = Vars {
+            id,
+            asks: item.channels,
+        };
         if !self.accepts(id) {
             return Err(AdapterError::MissingInput {
                 provider: self.provider,
@@ -615,7 +659,7 @@ impl Finder for Declarative {
         let mut query: Vec<(String, String)> = self
             .query
             .iter()
-            .filter_map(|(k, t)| t.render(id).map(|v| (k.clone(), v)))
+            .filter_map(|(k, t)| t.render(vars).map(|v| (k.clone(), v)))
             .collect();
         let mut headers = vec![("accept".to_string(), "application/json".to_string())];
         match &self.auth {
@@ -631,7 +675,7 @@ impl Finder for Declarative {
             }
         }
         for (k, t) in &self.headers {
-            if let Some(v) = t.render(id) {
+            if let Some(v) = t.render(vars) {
                 headers.push((k.to_ascii_lowercase(), header_safe(&v)));
             }
         }
@@ -639,7 +683,7 @@ impl Finder for Declarative {
             Some(b) => {
                 headers.push(("content-type".to_string(), "application/json".to_string()));
                 Some(
-                    serde_json::to_vec(&b.render(id)).map_err(|e| AdapterError::Invalid {
+                    serde_json::to_vec(&b.render(vars)).map_err(|e| AdapterError::Invalid {
                         provider: self.provider,
                         message: format!("cannot encode the request body: {e}"),
                     })?,
@@ -1146,15 +1190,28 @@ outcome = "found"
             ])
         );
         assert!(Template::parse("{zzz}").is_err());
+        let none = Identity::default();
+        let vars = Vars {
+            id: &none,
+            asks: ChannelSet::single(Channel::Phone),
+        };
         let t = Template::parse("{first_name} {last_name}").unwrap();
-        assert_eq!(t.render(&Identity::default()), None);
-        assert_eq!(t.render_all(&Identity::default()), " ");
+        assert_eq!(t.render(vars), None);
+        assert_eq!(t.render_all(vars), " ");
         assert_eq!(
-            Template::parse("static")
-                .unwrap()
-                .render(&Identity::default())
-                .as_deref(),
+            Template::parse("static").unwrap().render(vars).as_deref(),
             Some("static")
+        );
+        assert!(Template::parse("{asks.fax}").is_err());
+        let asks = Template::parse("{asks.phone},{asks.work_email}").unwrap();
+        assert_eq!(asks.render(vars).as_deref(), Some("true,false"));
+        // A whole body string becomes a JSON boolean.
+        let body =
+            BodyTpl::from_value(serde_json::json!({"m": "{asks.phone}", "e": "{asks.work_email}"}))
+                .unwrap();
+        assert_eq!(
+            body.render(vars),
+            serde_json::json!({"m": true, "e": false})
         );
     }
 }

@@ -86,6 +86,9 @@ pub struct Cost {
     pub linkedin_url: f64,
     /// Billed on every request, found or not.
     pub attempt: f64,
+    /// Billed once per request that matched a person and returned values,
+    /// on top of the per-channel prices (PDL, Apollo, Prospeo bill per match).
+    pub per_match: f64,
     /// Verifiers: billed per check.
     pub check: f64,
 }
@@ -101,6 +104,9 @@ impl Cost {
     }
     pub fn attempt_milli(&self) -> MilliCredits {
         milli(self.attempt)
+    }
+    pub fn per_match_milli(&self) -> MilliCredits {
+        milli(self.per_match)
     }
     pub fn check_milli(&self) -> MilliCredits {
         milli(self.check)
