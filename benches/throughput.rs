@@ -62,7 +62,7 @@ catch_all = "accept"
 name = "everyone"
 channels = ["work_email", "linkedin_url"]"#,
             )
-            .engine("concurrency = 256")
+            .engine("concurrency = 1024")
             .start()
             .await;
         let leads = h.leads(0..n);

@@ -7,6 +7,8 @@ mod db;
 mod exactly_once;
 mod failures;
 mod fullenrich;
+mod misc;
 mod store;
 mod support;
+mod verify;
 mod waterfall;

@@ -42,6 +42,7 @@ pub struct HarnessBuilder {
     engine: String,
     callbacks: bool,
     store_url: Option<String>,
+    connector_files: Vec<(String, String)>,
 }
 
 impl HarnessBuilder {
@@ -53,6 +54,7 @@ impl HarnessBuilder {
             engine: String::new(),
             callbacks: false,
             store_url: None,
+            connector_files: Vec::new(),
         }
     }
 
@@ -102,6 +104,13 @@ impl HarnessBuilder {
         self
     }
 
+    /// A connector file written to the config's `connectors/` directory.
+    pub fn connector_file(mut self, name: &str, text: &str) -> Self {
+        self.connector_files
+            .push((name.to_string(), text.to_string()));
+        self
+    }
+
     /// Use this store URL instead of a fresh SQLite file.
     pub fn store_url(mut self, url: &str) -> Self {
         self.store_url = Some(url.to_string());
@@ -145,10 +154,12 @@ impl HarnessBuilder {
                     defaults.push_str(line);
                 }
             }
+            if !p.extra.contains("connector") {
+                defaults.push_str(&format!("connector = \"{}\"\n", p.kind.name()));
+            }
             toml.push_str(&format!(
-                "[providers.{acc}]\nconnector = \"{conn}\"\napi_key_env = \"{var}\"\nbase_url = \"{url}\"\n{defaults}{extra}\n\n",
+                "[providers.{acc}]\napi_key_env = \"{var}\"\nbase_url = \"{url}\"\n{defaults}{extra}\n\n",
                 acc = p.account,
-                conn = p.kind.name(),
                 url = sim.base_url(),
                 extra = p.extra,
             ));
@@ -156,6 +167,13 @@ impl HarnessBuilder {
         }
         let prefix = toml.clone();
         toml.push_str(&format!("[[workspaces]]\nid = \"t\"\n{}\n", self.workspace));
+        if !self.connector_files.is_empty() {
+            let cdir = dir.path().join("connectors");
+            std::fs::create_dir_all(&cdir).expect("connectors dir");
+            for (name, text) in &self.connector_files {
+                std::fs::write(cdir.join(name), text).expect("write connector");
+            }
+        }
         let path = dir.path().join("config.toml");
         std::fs::write(&path, &toml).expect("write config");
         let settings = match Settings::from_str(&path, &toml, &secrets) {
@@ -223,7 +241,8 @@ pub struct Harness {
     pub callback_base: Option<String>,
     pub config_path: PathBuf,
     config_prefix: String,
-    secrets: BTreeMap<String, String>,
+    /// Environment variable → API key, as the config names them.
+    pub secrets: BTreeMap<String, String>,
     _dir: tempfile::TempDir,
 }
 
