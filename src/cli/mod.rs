@@ -50,7 +50,15 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct EnrichArgs {
     /// Leads: .csv (header row with an `id` column), .json (array) or .jsonl.
-    pub file: PathBuf,
+    #[arg(required_unless_present = "pending")]
+    pub file: Option<PathBuf>,
+    /// Enrich the stored leads waiting for budget (highest ICP first) and
+    /// those deferred whose retry time has come, instead of a file.
+    #[arg(long, conflicts_with = "file")]
+    pub pending: bool,
+    /// With --pending: at most this many leads.
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: u32,
     /// Workspace id (default: the first in the config).
     #[arg(long, short)]
     pub workspace: Option<String>,
@@ -173,22 +181,51 @@ async fn migrate(config: &Path) -> Result<(), CliError> {
 async fn enrich(config: &Path, args: EnrichArgs) -> Result<(), CliError> {
     let settings = Arc::new(Settings::load(config, &EnvSecrets)?);
     let ws = pick_workspace(&settings, args.workspace.as_deref())?;
-    let loaded = input::read_leads(&args.file)?;
-    for p in &loaded.problems {
-        eprintln!("warning: {}: {p} (skipped)", args.file.display());
-    }
     let store = crate::store::open(&settings.storage_url).await?;
     store.migrate().await?;
+    let leads = match &args.file {
+        Some(file) => {
+            let loaded = input::read_leads(file)?;
+            for p in &loaded.problems {
+                eprintln!("warning: {}: {p} (skipped)", file.display());
+            }
+            loaded.leads
+        }
+        None => pending_leads(&*store, &ws.id, args.limit).await?,
+    };
     let (engine, _server) = start_engine(settings.clone(), store).await?;
-    let report = run_with_progress(
-        &engine,
-        &ws,
-        loaded.leads,
-        args.format == Format::Table && !args.no_progress,
-    )
-    .await?;
+    let progress = args.format == Format::Table && !args.no_progress;
+    let report = run_with_progress(&engine, &ws, leads, progress).await?;
     print_report(&report, args.format);
     Ok(())
+}
+
+/// Stored leads queued for budget (highest ICP first), then deferred ones
+/// whose retry time has come.
+async fn pending_leads(
+    store: &dyn crate::store::Store,
+    ws: &crate::core::lead::WorkspaceId,
+    limit: u32,
+) -> Result<Vec<crate::core::lead::Lead>, CliError> {
+    use crate::clock::Clock;
+    use crate::store::LeadState;
+    let now = SystemClock.now();
+    let mut ids = store
+        .leads_in_state(ws, LeadState::Queued, i64::MAX, limit)
+        .await?;
+    let left = limit.saturating_sub(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+    ids.extend(
+        store
+            .leads_in_state(ws, LeadState::Deferred, now, left)
+            .await?,
+    );
+    let mut leads = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if let Some(l) = store.get_lead(ws, id).await? {
+            leads.push(l);
+        }
+    }
+    Ok(leads)
 }
 
 pub(crate) fn pick_workspace(

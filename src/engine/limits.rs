@@ -196,12 +196,11 @@ mod tests {
         for _ in 0..21 {
             let _p = l.acquire(Duration::MAX).await;
         }
-        // 20 intervals of 20 ms after the first request.
+        // 20 intervals of 20 ms after the first request: never faster (the
+        // upper bound only guards against a stall; CI machines are noisy).
         let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(390) && took <= Duration::from_millis(700),
-            "{took:?}"
-        );
+        assert!(took >= Duration::from_millis(390), "{took:?}");
+        assert!(took <= Duration::from_secs(3), "{took:?}");
     }
 
     #[tokio::test(start_paused = true)]

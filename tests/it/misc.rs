@@ -174,3 +174,69 @@ async fn the_enrich_command_reads_csv_and_reports_json() {
     assert!(stdout.contains("0 credits charged"), "{stdout}");
     assert!(stdout.contains("nothing to fill"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_leads_are_picked_up_when_the_budget_allows() {
+    let h = HarnessBuilder::new(40)
+        .fast_provider(
+            "apollo",
+            ProviderKind::Apollo,
+            perfect(ProviderKind::Apollo),
+        )
+        .workspace(&format!(
+            "providers = [\"apollo\"]\nbudget = {{ credits = 2, period = \"month\" }}\n{AUDIENCE}"
+        ))
+        .start()
+        .await;
+    let dir = h.config_path.parent().expect("dir").to_path_buf();
+    let leads: Vec<usize> = (0..40)
+        .filter(|i| {
+            !h.population
+                .is_catch_all_domain(&h.population.person(*i).domain)
+        })
+        .take(5)
+        .collect();
+    let mut csv = String::from("id,firstname,lastname,company_domain,icp_score\n");
+    for (k, i) in leads.iter().enumerate() {
+        let p = h.population.person(*i);
+        csv.push_str(&format!(
+            "p{i},{},{},{},{}\n",
+            p.first_name,
+            p.last_name,
+            p.domain,
+            90 - k
+        ));
+    }
+    let file = dir.join("leads.csv");
+    std::fs::write(&file, csv).expect("write csv");
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_enrichd"));
+        cmd.args(["--config", h.config_path.to_str().expect("utf-8")])
+            .args(args);
+        for (k, v) in &h.secrets {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run enrichd");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json report")
+    };
+    let first = run(&["enrich", file.to_str().expect("utf-8"), "--format", "json"]);
+    assert_eq!(first["totals"]["credits_charged"], 2);
+    assert_eq!(first["totals"]["states"]["queued"], 3, "{first:#}");
+    // The budget is raised: the queued leads go through, best ICP first.
+    let text = std::fs::read_to_string(&h.config_path).expect("config");
+    std::fs::write(
+        &h.config_path,
+        text.replace("credits = 2,", "credits = 100,"),
+    )
+    .expect("config");
+    let second = run(&["enrich", "--pending", "--format", "json"]);
+    assert_eq!(second["totals"]["leads"], 3, "{second:#}");
+    assert_eq!(second["totals"]["credits_charged"], 3);
+    let nothing = run(&["enrich", "--pending", "--format", "json"]);
+    assert_eq!(nothing["totals"]["leads"], 0);
+}
