@@ -1,11 +1,29 @@
 //! The PostgreSQL backend: for several replicas sharing one database.
 //!
-//! * **Exactly once.** A charge is an `INSERT ... ON CONFLICT (workspace, key)
-//!   DO NOTHING` into `ledger`, in the same transaction (READ COMMITTED) as
-//!   the stored value. Two replicas inserting the same key: the second waits
-//!   on the unique index until the first commits, then inserts nothing
-//!   (`rows_affected = 0`), so it neither counts the charge in the budget nor
-//!   consumes the reservation. Had the first rolled back, the second inserts.
+//! * **Batches.** `apply` groups its ops by kind (see `sql::Batch`) and
+//!   writes each kind with multi-row statements reading one typed array per
+//!   column with `unnest`, at most `sql::APPLY_CHUNK` rows per statement: a
+//!   batch of any size costs a handful of statements (the charge locks
+//!   below, values, ledger, reservations, budget counters, spend, attempts,
+//!   statuses, plus one per `Job`/`JobState` op, which are rare). The rows
+//!   written are those applying the ops one by one would leave: the last
+//!   value per (lead, channel) and the last status per lead (one statement
+//!   may not upsert a row twice); the first op per charge or spend key (a
+//!   later one would find the key taken). Ledger, spend and attempt rows are
+//!   inserted in op order, so their ids are.
+//! * **Exactly once.** Charges are one `INSERT ... ON CONFLICT (workspace,
+//!   key) DO NOTHING RETURNING key` into `ledger`, in the same transaction
+//!   (READ COMMITTED) as the stored values. Two replicas inserting the same
+//!   key: the second waits on the unique index until the first commits, then
+//!   inserts nothing and does not get the key back, so it neither reports
+//!   the charge nor counts it in the budget nor consumes the reservation.
+//!   Had the first rolled back, the second inserts. Only the keys returned
+//!   (matched by key, for the first op carrying each) are counted, with one
+//!   statement per table that updates each row once: every budget period
+//!   gets `charged +=` its new credits, every open reservation gives up
+//!   `used = min(new credits against it, remaining)` from `remaining` and
+//!   from its period's `reserved` (what charging them one by one adds up
+//!   to).
 //! * **Budget counters.** `reserve` upserts the period row (which locks it)
 //!   and reserves with one conditional `UPDATE ... WHERE charged + reserved +
 //!   amount <= limit`, so concurrent reservers are serialised on that row and
@@ -13,17 +31,19 @@
 //! * **Lock order.** Transactions that touch reservations or budget rows lock
 //!   them in one global order: reservations by id, then budget rows by
 //!   period, before any other write. `apply` takes these locks up front for
-//!   every charge in its batch: this is also what makes reading a
-//!   reservation's `remaining` and decrementing it safe against a concurrent
-//!   charge or settle. A deadlock can still arise between batches that
-//!   upsert the same values or statuses in opposite orders: PostgreSQL then
-//!   aborts one of them and `apply` reruns it (the whole transaction was
-//!   rolled back, so rerunning is exact), as it does on a serialization
-//!   failure.
+//!   every charge in its batch (and reads the reservations under them): this
+//!   is also what makes reading a reservation's `remaining` and decrementing
+//!   it safe against a concurrent charge or settle. Values and statuses are
+//!   upserted in key order, so batches sharing leads queue on the first one
+//!   rather than deadlock. A deadlock can still arise between batches that
+//!   insert the same new ledger or spend keys in opposite orders (these
+//!   follow op order): PostgreSQL then aborts one of them and `apply` reruns
+//!   it (the whole transaction was rolled back, so rerunning is exact), as it
+//!   does on a serialization failure.
 //! * Migrations run under sqlx's advisory lock, so replicas may all call
 //!   `migrate` at start-up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,8 +51,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::sql::{self, read_err};
 use super::{
-    Applied, BudgetRow, Charge, LeadState, LeadStatusRow, LedgerEntry, ProviderJob, Settlement,
-    SpendEntry, Store, StoreError, StoreFuture, StoredLead, Totals, WriteOp,
+    Applied, BudgetRow, LeadState, LeadStatusRow, LedgerEntry, ProviderJob, Settlement, SpendEntry,
+    Store, StoreError, StoreFuture, StoredLead, Totals, WriteOp,
 };
 use crate::core::lead::{Lead, LeadId, WorkspaceId};
 use crate::core::value::{ChannelValue, UnixMillis};
@@ -76,10 +96,11 @@ const LOAD_STATUSES: &str = "\
 SELECT lead_id, state, enrichment_status, reason, retry_at, updated_at
 FROM lead_status WHERE workspace = $1 AND lead_id = ANY($2)";
 
-/// Locks the open reservations a batch charges against, in id order.
+/// Locks the open reservations a batch charges against, in id order, and
+/// reads them (the lock keeps what is read current until commit).
 /// $1 ws, $2 ids.
 const LOCK_RESERVATIONS: &str = "\
-SELECT period FROM reservations
+SELECT id, period, amount, remaining FROM reservations
 WHERE workspace = $1 AND id = ANY($2) AND state = 'open'
 ORDER BY id FOR UPDATE";
 
@@ -95,11 +116,97 @@ SELECT period FROM budget_periods
 WHERE workspace = $1 AND period = ANY($2)
 ORDER BY period FOR UPDATE";
 
-/// Read while holding the row lock taken by [`LOCK_RESERVATIONS`].
-/// $1 ws, $2 id.
-const OPEN_RESERVATION: &str = "\
-SELECT id, period, amount, remaining FROM reservations
-WHERE workspace = $1 AND id = $2 AND state = 'open'";
+// The multi-row writes of `apply`: one typed array per column, read with
+// `unnest`. `WITH ORDINALITY ... ORDER BY` keeps the rows (and so their
+// ids) in op order.
+
+/// $1 ws, $2 leads, $3 channels, $4 values, $5 sources, $6 verifications,
+/// $7 found_at, $8 verified_at; distinct (lead, channel).
+const UPSERT_VALUES: &str = "\
+INSERT INTO channel_values
+    (workspace, lead_id, channel, value, source, verification, found_at, verified_at)
+SELECT $1, u.lead_id, u.channel, u.value, u.source, u.verification, u.found_at, u.verified_at
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[])
+    AS u(lead_id, channel, value, source, verification, found_at, verified_at)
+ON CONFLICT (workspace, lead_id, channel) DO UPDATE SET
+    value = excluded.value,
+    source = excluded.source,
+    verification = excluded.verification,
+    found_at = excluded.found_at,
+    verified_at = excluded.verified_at";
+
+/// The exactly-once point: a key already in the ledger (or being inserted by
+/// a concurrent transaction that then commits) inserts nothing and is not
+/// returned. $1 ws, $2 keys, $3 leads, $4 channels, $5 values, $6 sources,
+/// $7 credits, $8 periods, $9 reservations, $10 at; distinct keys.
+const INSERT_LEDGER: &str = "\
+INSERT INTO ledger
+    (workspace, key, lead_id, channel, value, source, credits, period, reservation, at)
+SELECT $1, u.key, u.lead_id, u.channel, u.value, u.source, u.credits, u.period,
+       u.reservation, u.at
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
+            $8::text[], $9::int8[], $10::int8[]) WITH ORDINALITY
+    AS u(key, lead_id, channel, value, source, credits, period, reservation, at, n)
+ORDER BY u.n
+ON CONFLICT (workspace, key) DO NOTHING
+RETURNING key";
+
+/// Rows locked by [`LOCK_RESERVATIONS`]. $1 ws, $2 ids, $3 credits used; distinct ids.
+const CONSUME_RESERVATIONS: &str = "\
+UPDATE reservations AS r SET remaining = r.remaining - d.used
+FROM unnest($2::int8[], $3::int8[]) AS d(id, used)
+WHERE r.workspace = $1 AND r.id = d.id AND r.state = 'open'";
+
+/// Rows created and locked by [`lock_for_charges`]. $1 ws, $2 periods,
+/// $3 charged, $4 released; distinct periods.
+const COUNT_CHARGES: &str = "\
+UPDATE budget_periods AS b
+SET charged = b.charged + d.charged, reserved = b.reserved - d.released
+FROM unnest($2::text[], $3::int8[], $4::int8[]) AS d(period, charged, released)
+WHERE b.workspace = $1 AND b.period = d.period";
+
+/// $1 ws, $2 keys, $3 providers, $4 accounts, $5 leads, $6 amounts,
+/// $7 details, $8 at; distinct keys. Returns the keys inserted now.
+const INSERT_SPEND: &str = "\
+INSERT INTO spend (workspace, key, provider, account, lead_id, amount, detail, at)
+SELECT $1, u.key, u.provider, u.account, u.lead_id, u.amount, u.detail, u.at
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[],
+            $8::int8[]) WITH ORDINALITY
+    AS u(key, provider, account, lead_id, amount, detail, at, n)
+ORDER BY u.n
+ON CONFLICT (workspace, key) DO NOTHING
+RETURNING key";
+
+/// $1 ws, $2 runs, $3 leads, $4 channels, $5 providers, $6 accounts,
+/// $7 outcomes, $8 details, $9 values, $10 provider_cost, $11 credits,
+/// $12 http_status, $13 tries, $14 latency_ms, $15 at.
+const INSERT_ATTEMPTS: &str = "\
+INSERT INTO attempts
+    (workspace, run_id, lead_id, channel, provider, account, outcome, detail, value,
+     provider_cost, credits, http_status, tries, latency_ms, at)
+SELECT $1, u.run_id, u.lead_id, u.channel, u.provider, u.account, u.outcome, u.detail,
+       u.value, u.provider_cost, u.credits, u.http_status, u.tries, u.latency_ms, u.at
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::int8[], $11::int8[], $12::int8[], $13::int8[],
+            $14::int8[], $15::int8[]) WITH ORDINALITY
+    AS u(run_id, lead_id, channel, provider, account, outcome, detail, value,
+         provider_cost, credits, http_status, tries, latency_ms, at, n)
+ORDER BY u.n";
+
+/// $1 ws, $2 leads, $3 states, $4 enrichment statuses, $5 reasons,
+/// $6 retry_at, $7 updated_at; distinct leads.
+const UPSERT_STATUSES: &str = "\
+INSERT INTO lead_status
+    (workspace, lead_id, state, enrichment_status, reason, retry_at, updated_at)
+SELECT $1, u.lead_id, u.state, u.enrichment_status, u.reason, u.retry_at, u.updated_at
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[])
+    AS u(lead_id, state, enrichment_status, reason, retry_at, updated_at)
+ON CONFLICT (workspace, lead_id) DO UPDATE SET
+    state = excluded.state,
+    enrichment_status = excluded.enrichment_status,
+    reason = excluded.reason,
+    retry_at = excluded.retry_at,
+    updated_at = excluded.updated_at";
 
 /// $1 ws, $2 id.
 const OPEN_RESERVATION_FOR_UPDATE: &str = "\
@@ -140,6 +247,9 @@ impl PgStore {
     }
 
     async fn apply_all(&self, ws: &str, ops: &[WriteOp]) -> Result<Vec<Applied>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut attempt = 0;
         loop {
             match self.apply_once(ws, ops).await {
@@ -152,15 +262,22 @@ impl PgStore {
         }
     }
 
+    /// One transaction; a handful of statements whatever the batch size
+    /// (see the module doc).
     async fn apply_once(&self, ws: &str, ops: &[WriteOp]) -> Result<Vec<Applied>, StoreError> {
+        let batch = sql::Batch::new(ops);
         let mut tx = self.pool.begin().await.map_err(StoreError::db("begin"))?;
-        lock_for_charges(&mut tx, ws, ops).await?;
-        let mut applied = Vec::with_capacity(ops.len());
-        for op in ops {
-            applied.push(apply_op(&mut tx, ws, op).await?);
+        let open = lock_for_charges(&mut tx, ws, &batch).await?;
+        upsert_values(&mut tx, ws, &batch).await?;
+        let taken = take_charges(&mut tx, ws, &batch, &open).await?;
+        let recorded = insert_spend(&mut tx, ws, &batch).await?;
+        insert_attempts(&mut tx, ws, &batch).await?;
+        upsert_statuses(&mut tx, ws, &batch).await?;
+        for op in &batch.jobs {
+            apply_job(&mut tx, ws, op).await?;
         }
         tx.commit().await.map_err(StoreError::db("commit apply"))?;
-        Ok(applied)
+        Ok(batch.applied(&taken, &recorded))
     }
 
     async fn upsert(
@@ -362,37 +479,29 @@ fn is_retryable(e: &StoreError) -> bool {
 
 /// Takes, in the global lock order, the row locks the batch's charges need:
 /// the open reservations they settle against (by id), then the budget rows
-/// of their periods and of those reservations' periods (by period).
+/// of their periods and of those reservations' periods (by period), created
+/// first if absent. Returns the open reservations, read under their lock.
 async fn lock_for_charges(
     conn: &mut PgConnection,
     ws: &str,
-    ops: &[WriteOp],
-) -> Result<(), StoreError> {
-    let charges: Vec<&Charge> = ops
-        .iter()
-        .filter_map(|op| match op {
-            WriteOp::Value {
-                charge: Some(c), ..
-            } => Some(c),
-            _ => None,
-        })
-        .collect();
-    if charges.is_empty() {
-        return Ok(());
+    batch: &sql::Batch<'_>,
+) -> Result<Vec<sql::ReservationRow>, StoreError> {
+    if batch.charges.is_empty() {
+        return Ok(Vec::new());
     }
-    let mut periods: Vec<String> = charges.iter().map(|c| c.period.clone()).collect();
-    let mut reservations: Vec<i64> = charges.iter().filter_map(|c| c.reservation).collect();
-    reservations.sort_unstable();
-    reservations.dedup();
-    if !reservations.is_empty() {
-        let reserved_in: Vec<String> = sqlx::query_scalar(LOCK_RESERVATIONS)
+    let mut periods = batch.charge_periods();
+    let reservations = batch.charge_reservations(None);
+    let open: Vec<sql::ReservationRow> = if reservations.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(LOCK_RESERVATIONS)
             .bind(ws)
             .bind(&reservations)
             .fetch_all(&mut *conn)
             .await
-            .map_err(read_err("reservations", "lock reservations"))?;
-        periods.extend(reserved_in);
-    }
+            .map_err(read_err("reservations", "lock reservations"))?
+    };
+    periods.extend(open.iter().map(|r| r.period.clone()));
     periods.sort();
     periods.dedup();
     sqlx::query(ENSURE_BUDGETS)
@@ -401,7 +510,8 @@ async fn lock_for_charges(
         .execute(&mut *conn)
         .await
         .map_err(StoreError::db("create budget periods"))?;
-    lock_budgets(conn, ws, &periods).await
+    lock_budgets(conn, ws, &periods).await?;
+    Ok(open)
 }
 
 async fn lock_budgets(
@@ -418,74 +528,281 @@ async fn lock_budgets(
     Ok(())
 }
 
-/// Applies one op inside the caller's transaction.
-async fn apply_op(conn: &mut PgConnection, ws: &str, op: &WriteOp) -> Result<Applied, StoreError> {
+async fn upsert_values(
+    conn: &mut PgConnection,
+    ws: &str,
+    batch: &sql::Batch<'_>,
+) -> Result<(), StoreError> {
+    for chunk in batch.values.chunks(sql::APPLY_CHUNK) {
+        let n = chunk.len();
+        let (mut leads, mut channels, mut values, mut sources, mut verifications) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut found_at, mut verified_at) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (lead, v) in chunk {
+            leads.push(lead.as_str());
+            channels.push(v.channel.as_str());
+            values.push(v.value.as_str());
+            sources.push(v.source.as_str());
+            verifications.push(v.verification.as_str());
+            found_at.push(v.found_at);
+            verified_at.push(v.verified_at);
+        }
+        sqlx::query(UPSERT_VALUES)
+            .bind(ws)
+            .bind(leads)
+            .bind(channels)
+            .bind(values)
+            .bind(sources)
+            .bind(verifications)
+            .bind(found_at)
+            .bind(verified_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("upsert values"))?;
+    }
+    Ok(())
+}
+
+/// Inserts the batch's ledger rows; then, for the keys inserted now (and
+/// only those), counts the charges in their budget periods and against
+/// their open reservations (`open`, locked by [`lock_for_charges`], as are
+/// the budget rows). Returns the keys inserted now.
+async fn take_charges(
+    conn: &mut PgConnection,
+    ws: &str,
+    batch: &sql::Batch<'_>,
+    open: &[sql::ReservationRow],
+) -> Result<HashSet<String>, StoreError> {
+    let mut taken = HashSet::new();
+    for chunk in batch.charges.chunks(sql::APPLY_CHUNK) {
+        let n = chunk.len();
+        let (mut keys, mut leads, mut channels, mut values, mut sources) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut credits, mut periods, mut reservations, mut at) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for c in chunk {
+            keys.push(c.charge.key.as_str());
+            leads.push(c.lead_id.as_str());
+            channels.push(c.value.channel.as_str());
+            values.push(c.value.value.as_str());
+            sources.push(c.value.source.as_str());
+            credits.push(c.charge.credits);
+            periods.push(c.charge.period.as_str());
+            reservations.push(c.charge.reservation);
+            at.push(c.value.found_at);
+        }
+        let inserted: Vec<String> = sqlx::query_scalar(INSERT_LEDGER)
+            .bind(ws)
+            .bind(keys)
+            .bind(leads)
+            .bind(channels)
+            .bind(values)
+            .bind(sources)
+            .bind(credits)
+            .bind(periods)
+            .bind(reservations)
+            .bind(at)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(read_err("ledger", "insert ledger"))?;
+        taken.extend(inserted);
+    }
+    if taken.is_empty() {
+        return Ok(taken);
+    }
+    let acc = batch.account(&taken, open);
+    if !acc.consumed.is_empty() {
+        let (ids, used): (Vec<i64>, Vec<i64>) = acc.consumed.iter().copied().unzip();
+        sqlx::query(CONSUME_RESERVATIONS)
+            .bind(ws)
+            .bind(ids)
+            .bind(used)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("consume reservations"))?;
+    }
+    if !acc.periods.is_empty() {
+        let periods: Vec<&str> = acc.periods.iter().map(|p| p.period.as_str()).collect();
+        let charged: Vec<i64> = acc.periods.iter().map(|p| p.charged).collect();
+        let released: Vec<i64> = acc.periods.iter().map(|p| p.released).collect();
+        sqlx::query(COUNT_CHARGES)
+            .bind(ws)
+            .bind(periods)
+            .bind(charged)
+            .bind(released)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("count charges"))?;
+    }
+    Ok(taken)
+}
+
+/// Returns the keys inserted now.
+async fn insert_spend(
+    conn: &mut PgConnection,
+    ws: &str,
+    batch: &sql::Batch<'_>,
+) -> Result<HashSet<String>, StoreError> {
+    let mut recorded = HashSet::new();
+    for chunk in batch.spends.chunks(sql::APPLY_CHUNK) {
+        let n = chunk.len();
+        let (mut keys, mut providers, mut accounts, mut leads) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut amounts, mut details, mut at) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for s in chunk {
+            keys.push(s.key.as_str());
+            providers.push(s.provider.as_str());
+            accounts.push(s.account.as_str());
+            leads.push(s.lead_id.as_ref().map(LeadId::as_str));
+            amounts.push(s.amount);
+            details.push(s.detail.as_str());
+            at.push(s.at);
+        }
+        let inserted: Vec<String> = sqlx::query_scalar(INSERT_SPEND)
+            .bind(ws)
+            .bind(keys)
+            .bind(providers)
+            .bind(accounts)
+            .bind(leads)
+            .bind(amounts)
+            .bind(details)
+            .bind(at)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(read_err("spend", "insert spend"))?;
+        recorded.extend(inserted);
+    }
+    Ok(recorded)
+}
+
+async fn insert_attempts(
+    conn: &mut PgConnection,
+    ws: &str,
+    batch: &sql::Batch<'_>,
+) -> Result<(), StoreError> {
+    for chunk in batch.attempts.chunks(sql::APPLY_CHUNK) {
+        let n = chunk.len();
+        let (mut runs, mut leads, mut channels, mut providers, mut accounts) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut outcomes, mut details, mut values, mut costs, mut credits) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut statuses, mut tries, mut latencies, mut at) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for a in chunk {
+            runs.push(a.run_id.as_str());
+            leads.push(a.lead_id.as_str());
+            channels.push(a.channel.as_str());
+            providers.push(a.provider.as_str());
+            accounts.push(a.account.as_str());
+            outcomes.push(a.outcome.as_str());
+            details.push(a.detail.as_str());
+            values.push(a.value.as_deref());
+            costs.push(a.provider_cost);
+            credits.push(a.credits);
+            statuses.push(a.http_status.map(i64::from));
+            tries.push(i64::from(a.tries));
+            latencies.push(i64::from(a.latency_ms));
+            at.push(a.at);
+        }
+        sqlx::query(INSERT_ATTEMPTS)
+            .bind(ws)
+            .bind(runs)
+            .bind(leads)
+            .bind(channels)
+            .bind(providers)
+            .bind(accounts)
+            .bind(outcomes)
+            .bind(details)
+            .bind(values)
+            .bind(costs)
+            .bind(credits)
+            .bind(statuses)
+            .bind(tries)
+            .bind(latencies)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("insert attempts"))?;
+    }
+    Ok(())
+}
+
+async fn upsert_statuses(
+    conn: &mut PgConnection,
+    ws: &str,
+    batch: &sql::Batch<'_>,
+) -> Result<(), StoreError> {
+    for chunk in batch.statuses.chunks(sql::APPLY_CHUNK) {
+        let n = chunk.len();
+        let (mut leads, mut states, mut enrichment, mut reasons) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut retry_at, mut updated_at) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for s in chunk {
+            leads.push(s.lead_id.as_str());
+            states.push(s.state.as_str());
+            enrichment.push(s.enrichment_status.as_deref());
+            reasons.push(s.reason.as_str());
+            retry_at.push(s.retry_at);
+            updated_at.push(s.updated_at);
+        }
+        sqlx::query(UPSERT_STATUSES)
+            .bind(ws)
+            .bind(leads)
+            .bind(states)
+            .bind(enrichment)
+            .bind(reasons)
+            .bind(retry_at)
+            .bind(updated_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("upsert statuses"))?;
+    }
+    Ok(())
+}
+
+/// A `Job` or `JobState` op (rare: one statement each).
+async fn apply_job(conn: &mut PgConnection, ws: &str, op: &WriteOp) -> Result<(), StoreError> {
     match op {
-        WriteOp::Attempt(a) => {
-            sqlx::query(sql::INSERT_ATTEMPT)
-                .bind(ws)
-                .bind(&a.run_id)
-                .bind(a.lead_id.as_str())
-                .bind(a.channel.as_str())
-                .bind(&a.provider)
-                .bind(&a.account)
-                .bind(a.outcome.as_str())
-                .bind(&a.detail)
-                .bind(a.value.as_deref())
-                .bind(a.provider_cost)
-                .bind(a.credits)
-                .bind(a.http_status.map(i64::from))
-                .bind(i64::from(a.tries))
-                .bind(i64::from(a.latency_ms))
-                .bind(a.at)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::db("insert attempt"))?;
-            Ok(Applied::Done)
-        }
-        WriteOp::Value {
-            lead_id,
-            value,
-            charge,
-        } => {
-            upsert_value(conn, ws, lead_id, value).await?;
-            let charged = match charge {
-                Some(charge) => take_charge(conn, ws, lead_id, value, charge).await?,
-                None => false,
-            };
-            Ok(Applied::Value { charged })
-        }
-        WriteOp::Spend(s) => {
-            let recorded = sqlx::query(sql::INSERT_SPEND)
-                .bind(ws)
-                .bind(&s.key)
-                .bind(&s.provider)
-                .bind(&s.account)
-                .bind(s.lead_id.as_ref().map(LeadId::as_str))
-                .bind(s.amount)
-                .bind(&s.detail)
-                .bind(s.at)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::db("insert spend"))?
-                .rows_affected()
-                == 1;
-            Ok(Applied::Spend { recorded })
-        }
-        WriteOp::Status(s) => {
-            sqlx::query(sql::UPSERT_STATUS)
-                .bind(ws)
-                .bind(s.lead_id.as_str())
-                .bind(s.state.as_str())
-                .bind(s.enrichment_status.as_deref())
-                .bind(&s.reason)
-                .bind(s.retry_at)
-                .bind(s.updated_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::db("upsert status"))?;
-            Ok(Applied::Done)
-        }
         WriteOp::Job(j) => {
             sqlx::query(sql::UPSERT_JOB)
                 .bind(ws)
@@ -502,7 +819,6 @@ async fn apply_op(conn: &mut PgConnection, ws: &str, op: &WriteOp) -> Result<App
                 .execute(&mut *conn)
                 .await
                 .map_err(StoreError::db("upsert job"))?;
-            Ok(Applied::Done)
         }
         WriteOp::JobState {
             account,
@@ -519,90 +835,10 @@ async fn apply_op(conn: &mut PgConnection, ws: &str, op: &WriteOp) -> Result<App
                 .execute(&mut *conn)
                 .await
                 .map_err(StoreError::db("update job state"))?;
-            Ok(Applied::Done)
         }
+        WriteOp::Attempt(_) | WriteOp::Value { .. } | WriteOp::Spend(_) | WriteOp::Status(_) => {}
     }
-}
-
-async fn upsert_value(
-    conn: &mut PgConnection,
-    ws: &str,
-    lead_id: &LeadId,
-    v: &ChannelValue,
-) -> Result<(), StoreError> {
-    sqlx::query(sql::UPSERT_VALUE)
-        .bind(ws)
-        .bind(lead_id.as_str())
-        .bind(v.channel.as_str())
-        .bind(&v.value)
-        .bind(v.source.as_str())
-        .bind(v.verification.as_str())
-        .bind(v.found_at)
-        .bind(v.verified_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::db("upsert value"))?;
     Ok(())
-}
-
-/// Inserts the ledger row; only if it is new, counts the charge in its
-/// budget period and against its reservation (whose row lock
-/// [`lock_for_charges`] already holds). Returns whether it was new.
-async fn take_charge(
-    conn: &mut PgConnection,
-    ws: &str,
-    lead_id: &LeadId,
-    v: &ChannelValue,
-    charge: &Charge,
-) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(sql::INSERT_LEDGER)
-        .bind(ws)
-        .bind(&charge.key)
-        .bind(lead_id.as_str())
-        .bind(v.channel.as_str())
-        .bind(&v.value)
-        .bind(v.source.as_str())
-        .bind(charge.credits)
-        .bind(&charge.period)
-        .bind(charge.reservation)
-        .bind(v.found_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::db("insert ledger"))?
-        .rows_affected()
-        == 1;
-    if !inserted {
-        return Ok(false);
-    }
-    sqlx::query(sql::ADD_CHARGED)
-        .bind(ws)
-        .bind(&charge.period)
-        .bind(charge.credits)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::db("count charge"))?;
-    if let Some(id) = charge.reservation {
-        let open: Option<sql::ReservationRow> = sqlx::query_as(OPEN_RESERVATION)
-            .bind(ws)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(read_err("reservations", "read reservation"))?;
-        if let Some(r) = open {
-            let used = charge.credits.min(r.remaining).max(0);
-            if used > 0 {
-                sqlx::query(sql::CONSUME_RESERVATION)
-                    .bind(ws)
-                    .bind(id)
-                    .bind(used)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(StoreError::db("consume reservation"))?;
-                release_reserved(conn, ws, &r.period, used).await?;
-            }
-        }
-    }
-    Ok(true)
 }
 
 async fn close_reservation(conn: &mut PgConnection, ws: &str, id: i64) -> Result<(), StoreError> {

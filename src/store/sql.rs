@@ -5,10 +5,18 @@
 //! unknown text (a channel `fax`, an outcome nobody defined) into
 //! [`StoreError::Corrupt`] instead of a panic.
 //!
-//! SQL that must differ (row locks, batch id lists, the database clock)
-//! lives in the backend modules.
+//! Also the backend-independent half of [`super::Store::apply`]: [`Batch`]
+//! groups a batch's ops by kind and reduces them to the rows applying them
+//! one by one would leave behind (last value per lead and channel, last
+//! status per lead, first op per charge or spend key); [`Batch::account`]
+//! turns the charge keys actually inserted into per-period and
+//! per-reservation counter updates; [`Batch::applied`] maps the inserted
+//! keys back to one [`super::Applied`] per op.
+//!
+//! SQL that must differ (row locks, batch id lists and multi-row writes,
+//! the database clock) lives in the backend modules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
 use crate::core::channel::Channel;
@@ -17,8 +25,8 @@ use crate::core::outcome::OutcomeKind;
 use crate::core::value::{ChannelValue, Source, Verification};
 
 use super::{
-    AttemptRecord, BudgetRow, JobItem, JobState, LeadState, LeadStatusRow, LedgerEntry,
-    PastAttempt, ProviderJob, SpendEntry, StoreError, Totals,
+    Applied, AttemptRecord, BudgetRow, Charge, JobItem, JobState, LeadState, LeadStatusRow,
+    LedgerEntry, PastAttempt, ProviderJob, SpendEntry, StoreError, Totals, WriteOp,
 };
 
 /// Rows per statement when writing or reading leads in batches.
@@ -28,74 +36,13 @@ pub(crate) const BATCH: usize = 500;
 pub(crate) const ATTEMPTS_PER_LEAD: i64 = 100;
 
 // ---------------------------------------------------------------------------
-// Writes ([`super::Store::apply`] and friends)
-
-/// $1 ws, $2 lead, $3 channel, $4 value, $5 source, $6 verification,
-/// $7 found_at, $8 verified_at.
-pub(crate) const UPSERT_VALUE: &str = "\
-INSERT INTO channel_values
-    (workspace, lead_id, channel, value, source, verification, found_at, verified_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT (workspace, lead_id, channel) DO UPDATE SET
-    value = excluded.value,
-    source = excluded.source,
-    verification = excluded.verification,
-    found_at = excluded.found_at,
-    verified_at = excluded.verified_at";
-
-/// The exactly-once point: a second insert of the same key does nothing
-/// (rows affected = 0). $1 ws, $2 key, $3 lead, $4 channel, $5 value,
-/// $6 source, $7 credits, $8 period, $9 reservation, $10 at.
-pub(crate) const INSERT_LEDGER: &str = "\
-INSERT INTO ledger
-    (workspace, key, lead_id, channel, value, source, credits, period, reservation, at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (workspace, key) DO NOTHING";
-
-/// `charged += credits`, creating the period row if absent.
-/// $1 ws, $2 period, $3 credits.
-pub(crate) const ADD_CHARGED: &str = "\
-INSERT INTO budget_periods (workspace, period, limit_credits, charged, reserved)
-VALUES ($1, $2, NULL, $3, 0)
-ON CONFLICT (workspace, period) DO UPDATE SET
-    charged = budget_periods.charged + excluded.charged";
-
-/// $1 ws, $2 reservation id, $3 credits used.
-pub(crate) const CONSUME_RESERVATION: &str = "\
-UPDATE reservations SET remaining = remaining - $3
-WHERE workspace = $1 AND id = $2 AND state = 'open'";
+// Writes ([`super::Store::apply`] and friends). The multi-row statements of
+// `apply` differ per backend (JSON array vs typed arrays) and live there.
 
 /// $1 ws, $2 period, $3 credits no longer reserved.
 pub(crate) const RELEASE_RESERVED: &str = "\
 UPDATE budget_periods SET reserved = reserved - $3
 WHERE workspace = $1 AND period = $2";
-
-/// $1 ws, $2 run, $3 lead, $4 channel, $5 provider, $6 account, $7 outcome,
-/// $8 detail, $9 value, $10 provider_cost, $11 credits, $12 http_status,
-/// $13 tries, $14 latency_ms, $15 at.
-pub(crate) const INSERT_ATTEMPT: &str = "\
-INSERT INTO attempts
-    (workspace, run_id, lead_id, channel, provider, account, outcome, detail, value,
-     provider_cost, credits, http_status, tries, latency_ms, at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
-
-/// $1 ws, $2 key, $3 provider, $4 account, $5 lead, $6 amount, $7 detail, $8 at.
-pub(crate) const INSERT_SPEND: &str = "\
-INSERT INTO spend (workspace, key, provider, account, lead_id, amount, detail, at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT (workspace, key) DO NOTHING";
-
-/// $1 ws, $2 lead, $3 state, $4 enrichment_status, $5 reason, $6 retry_at, $7 updated_at.
-pub(crate) const UPSERT_STATUS: &str = "\
-INSERT INTO lead_status
-    (workspace, lead_id, state, enrichment_status, reason, retry_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (workspace, lead_id) DO UPDATE SET
-    state = excluded.state,
-    enrichment_status = excluded.enrichment_status,
-    reason = excluded.reason,
-    retry_at = excluded.retry_at,
-    updated_at = excluded.updated_at";
 
 /// $1 ws, $2 account, $3 job_id, $4 token, $5 provider, $6 items (JSON),
 /// $7 run, $8 submitted_at, $9 deadline, $10 state, $11 result.
@@ -300,6 +247,227 @@ pub(crate) fn dedup_ids(ids: &[LeadId]) -> Vec<String> {
         .filter(|id| seen.insert(id.as_str()))
         .map(|id| id.0.clone())
         .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Batches ([`super::Store::apply`])
+
+/// Most rows one multi-row statement of `apply` carries.
+pub(crate) const APPLY_CHUNK: usize = 1_000;
+
+/// A `WriteOp::Value` that carries a charge: what its ledger row needs.
+pub(crate) struct ChargeOp<'a> {
+    pub lead_id: &'a LeadId,
+    pub value: &'a ChannelValue,
+    pub charge: &'a Charge,
+}
+
+/// The ops of one `apply` batch grouped by kind and reduced to the rows that
+/// applying them one by one, in order, would leave behind. Each group is
+/// then written with multi-row statements.
+pub(crate) struct Batch<'a> {
+    ops: &'a [WriteOp],
+    /// The last value per (lead, channel) (an upsert: the last op wins), in
+    /// key order (so that concurrent batches lock rows in one order).
+    pub values: Vec<(&'a LeadId, &'a ChannelValue)>,
+    /// The first charge per key, in op order: a later op with the same key
+    /// would find the key taken and insert nothing.
+    pub charges: Vec<ChargeOp<'a>>,
+    /// The first spend entry per key, in op order (same reason).
+    pub spends: Vec<&'a SpendEntry>,
+    /// Every attempt, in op order (their ids follow it).
+    pub attempts: Vec<&'a AttemptRecord>,
+    /// The last status per lead (an upsert: the last op wins), in lead order.
+    pub statuses: Vec<&'a LeadStatusRow>,
+    /// `Job` and `JobState` ops, in op order: rare, applied one by one.
+    pub jobs: Vec<&'a WriteOp>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(ops: &'a [WriteOp]) -> Self {
+        let mut values: HashMap<(&str, Channel), (&LeadId, &ChannelValue)> = HashMap::new();
+        let mut statuses: HashMap<&str, &LeadStatusRow> = HashMap::new();
+        let mut charge_keys: HashSet<&str> = HashSet::new();
+        let mut spend_keys: HashSet<&str> = HashSet::new();
+        let mut batch = Batch {
+            ops,
+            values: Vec::new(),
+            charges: Vec::new(),
+            spends: Vec::new(),
+            attempts: Vec::new(),
+            statuses: Vec::new(),
+            jobs: Vec::new(),
+        };
+        for op in ops {
+            match op {
+                WriteOp::Attempt(a) => batch.attempts.push(a),
+                WriteOp::Value {
+                    lead_id,
+                    value,
+                    charge,
+                } => {
+                    values.insert((lead_id.as_str(), value.channel), (lead_id, value));
+                    if let Some(charge) = charge
+                        && charge_keys.insert(&charge.key)
+                    {
+                        batch.charges.push(ChargeOp {
+                            lead_id,
+                            value,
+                            charge,
+                        });
+                    }
+                }
+                WriteOp::Spend(s) => {
+                    if spend_keys.insert(&s.key) {
+                        batch.spends.push(s);
+                    }
+                }
+                WriteOp::Status(s) => {
+                    statuses.insert(s.lead_id.as_str(), s);
+                }
+                WriteOp::Job(_) | WriteOp::JobState { .. } => batch.jobs.push(op),
+            }
+        }
+        batch.values = values.into_values().collect();
+        batch
+            .values
+            .sort_unstable_by(|a, b| (a.0.as_str(), a.1.channel).cmp(&(b.0.as_str(), b.1.channel)));
+        batch.statuses = statuses.into_values().collect();
+        batch
+            .statuses
+            .sort_unstable_by(|a, b| a.lead_id.as_str().cmp(b.lead_id.as_str()));
+        batch
+    }
+
+    /// Distinct periods of the batch's charges, sorted.
+    pub fn charge_periods(&self) -> Vec<String> {
+        let periods: BTreeSet<&str> = self
+            .charges
+            .iter()
+            .map(|c| c.charge.period.as_str())
+            .collect();
+        periods.into_iter().map(str::to_string).collect()
+    }
+
+    /// Distinct reservations the batch's charges settle against (only those
+    /// whose key is in `taken`, if given), sorted.
+    pub fn charge_reservations(&self, taken: Option<&HashSet<String>>) -> Vec<i64> {
+        let ids: BTreeSet<i64> = self
+            .charges
+            .iter()
+            .filter(|c| taken.is_none_or(|t| t.contains(&c.charge.key)))
+            .filter_map(|c| c.charge.reservation)
+            .collect();
+        ids.into_iter().collect()
+    }
+
+    /// What the newly taken charges (keys in `taken`) do to the counters,
+    /// given the open reservations they may settle against (`open`, any
+    /// superset will do). Per reservation, charging one by one consumes
+    /// `min(credits, remaining)` each time, clamped at 0, so the total is
+    /// `clamp(sum of positive credits, 0, remaining)`; the reservation's
+    /// period gets the same amount back from `reserved`.
+    pub fn account(&self, taken: &HashSet<String>, open: &[ReservationRow]) -> Accounting {
+        let mut periods: BTreeMap<&str, PeriodDelta> = BTreeMap::new();
+        let mut against: BTreeMap<i64, i64> = BTreeMap::new();
+        for c in self.charges.iter().map(|c| c.charge) {
+            if !taken.contains(&c.key) {
+                continue;
+            }
+            let p = periods
+                .entry(&c.period)
+                .or_insert_with(|| PeriodDelta::new(&c.period));
+            p.charged = p.charged.saturating_add(c.credits);
+            p.has_charges = true;
+            if let Some(id) = c.reservation {
+                let sum = against.entry(id).or_default();
+                *sum = sum.saturating_add(c.credits.max(0));
+            }
+        }
+        let open: HashMap<i64, &ReservationRow> = open.iter().map(|r| (r.id, r)).collect();
+        let mut consumed = Vec::new();
+        for (id, credits) in against {
+            let Some(r) = open.get(&id) else {
+                continue; // settled or unknown: the charge is counted, nothing is consumed
+            };
+            let used = credits.min(r.remaining).max(0);
+            if used > 0 {
+                consumed.push((id, used));
+                let p = periods
+                    .entry(&r.period)
+                    .or_insert_with(|| PeriodDelta::new(&r.period));
+                p.released = p.released.saturating_add(used);
+            }
+        }
+        Accounting {
+            consumed,
+            periods: periods.into_values().collect(),
+        }
+    }
+
+    /// One result per op, in op order: a charge or a spend entry is taken by
+    /// the first op carrying its key, if that key was inserted now.
+    pub fn applied(&self, taken: &HashSet<String>, recorded: &HashSet<String>) -> Vec<Applied> {
+        let mut charge_seen: HashSet<&str> = HashSet::new();
+        let mut spend_seen: HashSet<&str> = HashSet::new();
+        self.ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Value { charge, .. } => Applied::Value {
+                    charged: charge.as_ref().is_some_and(|c| {
+                        charge_seen.insert(c.key.as_str()) && taken.contains(&c.key)
+                    }),
+                },
+                WriteOp::Spend(s) => Applied::Spend {
+                    recorded: spend_seen.insert(s.key.as_str()) && recorded.contains(&s.key),
+                },
+                WriteOp::Attempt(_)
+                | WriteOp::Status(_)
+                | WriteOp::Job(_)
+                | WriteOp::JobState { .. } => Applied::Done,
+            })
+            .collect()
+    }
+}
+
+/// The counter updates of a batch's new charges.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Accounting {
+    /// (reservation id, credits consumed), by id; only positive amounts.
+    pub consumed: Vec<(i64, i64)>,
+    /// One entry per budget period touched, by period.
+    pub periods: Vec<PeriodDelta>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PeriodDelta {
+    pub period: String,
+    /// `charged += charged`.
+    pub charged: i64,
+    /// A new charge counts in this period: its row is created if absent (as
+    /// the first charge of a period does). Otherwise the row is only updated.
+    pub has_charges: bool,
+    /// `reserved -= released` (consumed reservations of this period).
+    pub released: i64,
+}
+
+impl PeriodDelta {
+    fn new(period: &str) -> Self {
+        PeriodDelta {
+            period: period.to_string(),
+            charged: 0,
+            has_charges: false,
+            released: 0,
+        }
+    }
+}
+
+/// A JSON payload for SQLite's `json_each` (one array element per row).
+pub(crate) fn json_payload<T: serde::Serialize + ?Sized>(
+    table: &'static str,
+    rows: &T,
+) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| corrupt(table, e.to_string()))
 }
 
 // ---------------------------------------------------------------------------

@@ -9,18 +9,35 @@
 //!   connection; another process writing the same file waits up to the busy
 //!   timeout (5 s). Reads go to a separate pool and, in WAL mode, never block
 //!   the writer nor wait for it.
-//! * **Exactly once.** A charge is an `INSERT ... ON CONFLICT (workspace, key)
-//!   DO NOTHING` into `ledger`; the budget counters and the reservation are
-//!   only touched when that insert added a row, in the same transaction as
-//!   the stored value. As write transactions are serialised, the second of
-//!   two identical charges always sees the first one's row.
+//! * **Batches.** `apply` groups its ops by kind (see `sql::Batch`) and
+//!   writes each kind with multi-row statements: a JSON array of rows bound
+//!   as one parameter and read with `json_each`, at most
+//!   `sql::APPLY_CHUNK` rows per statement. Every statement is a round trip
+//!   to the connection's worker thread, so a batch of any size costs a
+//!   handful of them: values, ledger, (when charges settle against
+//!   reservations) reservations read and consumed, budget counters, spend,
+//!   attempts, statuses, plus one per `Job`/`JobState` op (rare). The rows
+//!   written are those applying the ops one by one would leave: the last
+//!   value per (lead, channel) and the last status per lead; the first op
+//!   per charge or spend key (a later one would find the key taken).
+//! * **Exactly once.** Charges are one `INSERT ... ON CONFLICT (workspace,
+//!   key) DO NOTHING RETURNING key` into `ledger`: only the keys returned
+//!   were inserted now, and only those (matched by key, for the first op
+//!   carrying each) are reported `charged` and counted, with one statement
+//!   per table that updates each row once: every budget period gets
+//!   `charged +=` its new credits, every open reservation gives up
+//!   `used = min(new credits against it, remaining)` from `remaining` and
+//!   from its period's `reserved` (what charging them one by one adds up
+//!   to). All of it commits with the stored values or not at all. As write
+//!   transactions are serialised, the second of two identical charges
+//!   always sees the first one's row.
 //! * **Durability.** WAL journal with `synchronous = NORMAL`: a committed
 //!   transaction survives a crash of the process; a power loss may lose the
 //!   last transactions but never corrupts the file.
 //! * `sqlite::memory:` URLs use one connection for everything (each
 //!   connection of an in-memory database would otherwise see its own copy).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,8 +49,8 @@ use sqlx::{Sqlite, Transaction};
 
 use super::sql::{self, read_err};
 use super::{
-    Applied, BudgetRow, Charge, LeadState, LeadStatusRow, LedgerEntry, ProviderJob, Settlement,
-    SpendEntry, Store, StoreError, StoreFuture, StoredLead, Totals, WriteOp,
+    Applied, BudgetRow, LeadState, LeadStatusRow, LedgerEntry, ProviderJob, Settlement, SpendEntry,
+    Store, StoreError, StoreFuture, StoredLead, Totals, WriteOp,
 };
 use crate::core::lead::{Lead, LeadId, WorkspaceId};
 use crate::core::value::{ChannelValue, UnixMillis};
@@ -73,6 +90,99 @@ const LOAD_STATUSES: &str = "\
 SELECT lead_id, state, enrichment_status, reason, retry_at, updated_at
 FROM lead_status
 WHERE workspace = $1 AND lead_id IN (SELECT value FROM json_each($2))";
+
+// The multi-row writes of `apply`: each reads a JSON array of rows (arrays
+// of column values, in the order listed) bound as one parameter. `WHERE
+// true` keeps SQLite's parser from reading `ON CONFLICT` as a join
+// constraint; `ORDER BY j.key` keeps the rows (and so their ids) in op order.
+
+/// $1 ws, $2 `[[lead, channel, value, source, verification, found_at,
+/// verified_at], ...]`, distinct (lead, channel).
+const UPSERT_VALUES: &str = "\
+INSERT INTO channel_values
+    (workspace, lead_id, channel, value, source, verification, found_at, verified_at)
+SELECT $1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4,
+       j.value ->> 5, j.value ->> 6
+FROM json_each($2) AS j WHERE true
+ON CONFLICT (workspace, lead_id, channel) DO UPDATE SET
+    value = excluded.value,
+    source = excluded.source,
+    verification = excluded.verification,
+    found_at = excluded.found_at,
+    verified_at = excluded.verified_at";
+
+/// The exactly-once point: a key already in the ledger inserts nothing and
+/// is not returned. $1 ws, $2 `[[key, lead, channel, value, source, credits,
+/// period, reservation, at], ...]`, distinct keys.
+const INSERT_LEDGER: &str = "\
+INSERT INTO ledger
+    (workspace, key, lead_id, channel, value, source, credits, period, reservation, at)
+SELECT $1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4,
+       j.value ->> 5, j.value ->> 6, j.value ->> 7, j.value ->> 8
+FROM json_each($2) AS j WHERE true ORDER BY j.key
+ON CONFLICT (workspace, key) DO NOTHING
+RETURNING key";
+
+/// $1 ws, $2 JSON array of reservation ids.
+const OPEN_RESERVATIONS: &str = "\
+SELECT id, period, amount, remaining FROM reservations
+WHERE workspace = $1 AND state = 'open' AND id IN (SELECT value FROM json_each($2))";
+
+/// $1 ws, $2 `[[id, used], ...]`, distinct ids.
+const CONSUME_RESERVATIONS: &str = "\
+UPDATE reservations SET remaining = remaining - d.used
+FROM (SELECT j.value ->> 0 AS id, j.value ->> 1 AS used FROM json_each($2) AS j) AS d
+WHERE reservations.workspace = $1 AND reservations.id = d.id AND reservations.state = 'open'";
+
+/// `charged += charged`, `reserved -= released`, per period. A period with
+/// a new charge gets its row created if absent; one that only gets credits
+/// back from a reservation is only updated. $1 ws, $2 `[[period, charged,
+/// has_charges (0/1), released], ...]`, distinct periods.
+const COUNT_CHARGES: &str = "\
+INSERT INTO budget_periods (workspace, period, limit_credits, charged, reserved)
+SELECT $1, j.value ->> 0, NULL, j.value ->> 1, 0 - (j.value ->> 3)
+FROM json_each($2) AS j
+WHERE j.value ->> 2 = 1 OR EXISTS (
+    SELECT 1 FROM budget_periods AS b WHERE b.workspace = $1 AND b.period = j.value ->> 0)
+ON CONFLICT (workspace, period) DO UPDATE SET
+    charged = budget_periods.charged + excluded.charged,
+    reserved = budget_periods.reserved + excluded.reserved";
+
+/// $1 ws, $2 `[[key, provider, account, lead, amount, detail, at], ...]`,
+/// distinct keys. Returns the keys inserted now.
+const INSERT_SPEND: &str = "\
+INSERT INTO spend (workspace, key, provider, account, lead_id, amount, detail, at)
+SELECT $1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4,
+       j.value ->> 5, j.value ->> 6
+FROM json_each($2) AS j WHERE true ORDER BY j.key
+ON CONFLICT (workspace, key) DO NOTHING
+RETURNING key";
+
+/// $1 ws, $2 `[[run, lead, channel, provider, account, outcome, detail,
+/// value, provider_cost, credits, http_status, tries, latency_ms, at], ...]`.
+const INSERT_ATTEMPTS: &str = "\
+INSERT INTO attempts
+    (workspace, run_id, lead_id, channel, provider, account, outcome, detail, value,
+     provider_cost, credits, http_status, tries, latency_ms, at)
+SELECT $1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4,
+       j.value ->> 5, j.value ->> 6, j.value ->> 7, j.value ->> 8, j.value ->> 9,
+       j.value ->> 10, j.value ->> 11, j.value ->> 12, j.value ->> 13
+FROM json_each($2) AS j ORDER BY j.key";
+
+/// $1 ws, $2 `[[lead, state, enrichment_status, reason, retry_at,
+/// updated_at], ...]`, distinct leads.
+const UPSERT_STATUSES: &str = "\
+INSERT INTO lead_status
+    (workspace, lead_id, state, enrichment_status, reason, retry_at, updated_at)
+SELECT $1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4,
+       j.value ->> 5
+FROM json_each($2) AS j WHERE true
+ON CONFLICT (workspace, lead_id) DO UPDATE SET
+    state = excluded.state,
+    enrichment_status = excluded.enrichment_status,
+    reason = excluded.reason,
+    retry_at = excluded.retry_at,
+    updated_at = excluded.updated_at";
 
 /// $1 ws, $2 id. (The single writer makes a row lock unnecessary.)
 const OPEN_RESERVATION: &str = "\
@@ -149,14 +259,24 @@ impl SqliteStore {
             .map_err(StoreError::db("begin write"))
     }
 
+    /// One write transaction; a handful of statements whatever the batch
+    /// size (see the module doc).
     async fn apply_all(&self, ws: &str, ops: &[WriteOp]) -> Result<Vec<Applied>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = sql::Batch::new(ops);
         let mut tx = self.write().await?;
-        let mut applied = Vec::with_capacity(ops.len());
-        for op in ops {
-            applied.push(apply_op(&mut tx, ws, op).await?);
+        upsert_values(&mut tx, ws, &batch).await?;
+        let taken = take_charges(&mut tx, ws, &batch).await?;
+        let recorded = insert_spend(&mut tx, ws, &batch).await?;
+        insert_attempts(&mut tx, ws, &batch).await?;
+        upsert_statuses(&mut tx, ws, &batch).await?;
+        for op in &batch.jobs {
+            apply_job(&mut tx, ws, op).await?;
         }
         tx.commit().await.map_err(StoreError::db("commit apply"))?;
-        Ok(applied)
+        Ok(batch.applied(&taken, &recorded))
     }
 
     async fn upsert(
@@ -342,78 +462,211 @@ impl SqliteStore {
     }
 }
 
-/// Applies one op inside the caller's write transaction.
-async fn apply_op(
+async fn upsert_values(
     conn: &mut SqliteConnection,
     ws: &str,
-    op: &WriteOp,
-) -> Result<Applied, StoreError> {
+    batch: &sql::Batch<'_>,
+) -> Result<(), StoreError> {
+    for chunk in batch.values.chunks(sql::APPLY_CHUNK) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|(lead, v)| {
+                (
+                    lead.as_str(),
+                    v.channel.as_str(),
+                    &v.value,
+                    v.source.as_str(),
+                    v.verification.as_str(),
+                    v.found_at,
+                    v.verified_at,
+                )
+            })
+            .collect();
+        sqlx::query(UPSERT_VALUES)
+            .bind(ws)
+            .bind(sql::json_payload("channel_values", &rows)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("upsert values"))?;
+    }
+    Ok(())
+}
+
+/// Inserts the batch's ledger rows; then, for the keys inserted now (and
+/// only those), counts the charges in their budget periods and against
+/// their open reservations. Returns the keys inserted now.
+async fn take_charges(
+    conn: &mut SqliteConnection,
+    ws: &str,
+    batch: &sql::Batch<'_>,
+) -> Result<HashSet<String>, StoreError> {
+    let mut taken = HashSet::new();
+    for chunk in batch.charges.chunks(sql::APPLY_CHUNK) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|c| {
+                (
+                    &c.charge.key,
+                    c.lead_id.as_str(),
+                    c.value.channel.as_str(),
+                    &c.value.value,
+                    c.value.source.as_str(),
+                    c.charge.credits,
+                    &c.charge.period,
+                    c.charge.reservation,
+                    c.value.found_at,
+                )
+            })
+            .collect();
+        let keys: Vec<String> = sqlx::query_scalar(INSERT_LEDGER)
+            .bind(ws)
+            .bind(sql::json_payload("ledger", &rows)?)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(read_err("ledger", "insert ledger"))?;
+        taken.extend(keys);
+    }
+    if taken.is_empty() {
+        return Ok(taken);
+    }
+    let ids = batch.charge_reservations(Some(&taken));
+    let open: Vec<sql::ReservationRow> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(OPEN_RESERVATIONS)
+            .bind(ws)
+            .bind(sql::json_payload("reservations", &ids)?)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(read_err("reservations", "read reservations"))?
+    };
+    let acc = batch.account(&taken, &open);
+    if !acc.consumed.is_empty() {
+        sqlx::query(CONSUME_RESERVATIONS)
+            .bind(ws)
+            .bind(sql::json_payload("reservations", &acc.consumed)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("consume reservations"))?;
+    }
+    if !acc.periods.is_empty() {
+        let rows: Vec<_> = acc
+            .periods
+            .iter()
+            .map(|p| (&p.period, p.charged, i64::from(p.has_charges), p.released))
+            .collect();
+        sqlx::query(COUNT_CHARGES)
+            .bind(ws)
+            .bind(sql::json_payload("budget_periods", &rows)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("count charges"))?;
+    }
+    Ok(taken)
+}
+
+/// Returns the keys inserted now.
+async fn insert_spend(
+    conn: &mut SqliteConnection,
+    ws: &str,
+    batch: &sql::Batch<'_>,
+) -> Result<HashSet<String>, StoreError> {
+    let mut recorded = HashSet::new();
+    for chunk in batch.spends.chunks(sql::APPLY_CHUNK) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|s| {
+                (
+                    &s.key,
+                    &s.provider,
+                    &s.account,
+                    s.lead_id.as_ref().map(LeadId::as_str),
+                    s.amount,
+                    &s.detail,
+                    s.at,
+                )
+            })
+            .collect();
+        let keys: Vec<String> = sqlx::query_scalar(INSERT_SPEND)
+            .bind(ws)
+            .bind(sql::json_payload("spend", &rows)?)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(read_err("spend", "insert spend"))?;
+        recorded.extend(keys);
+    }
+    Ok(recorded)
+}
+
+async fn insert_attempts(
+    conn: &mut SqliteConnection,
+    ws: &str,
+    batch: &sql::Batch<'_>,
+) -> Result<(), StoreError> {
+    for chunk in batch.attempts.chunks(sql::APPLY_CHUNK) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|a| {
+                (
+                    &a.run_id,
+                    a.lead_id.as_str(),
+                    a.channel.as_str(),
+                    &a.provider,
+                    &a.account,
+                    a.outcome.as_str(),
+                    &a.detail,
+                    a.value.as_deref(),
+                    a.provider_cost,
+                    a.credits,
+                    a.http_status,
+                    a.tries,
+                    a.latency_ms,
+                    a.at,
+                )
+            })
+            .collect();
+        sqlx::query(INSERT_ATTEMPTS)
+            .bind(ws)
+            .bind(sql::json_payload("attempts", &rows)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("insert attempts"))?;
+    }
+    Ok(())
+}
+
+async fn upsert_statuses(
+    conn: &mut SqliteConnection,
+    ws: &str,
+    batch: &sql::Batch<'_>,
+) -> Result<(), StoreError> {
+    for chunk in batch.statuses.chunks(sql::APPLY_CHUNK) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|s| {
+                (
+                    s.lead_id.as_str(),
+                    s.state.as_str(),
+                    s.enrichment_status.as_deref(),
+                    &s.reason,
+                    s.retry_at,
+                    s.updated_at,
+                )
+            })
+            .collect();
+        sqlx::query(UPSERT_STATUSES)
+            .bind(ws)
+            .bind(sql::json_payload("lead_status", &rows)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::db("upsert statuses"))?;
+    }
+    Ok(())
+}
+
+/// A `Job` or `JobState` op (rare: one statement each).
+async fn apply_job(conn: &mut SqliteConnection, ws: &str, op: &WriteOp) -> Result<(), StoreError> {
     match op {
-        WriteOp::Attempt(a) => {
-            sqlx::query(sql::INSERT_ATTEMPT)
-                .bind(ws)
-                .bind(&a.run_id)
-                .bind(a.lead_id.as_str())
-                .bind(a.channel.as_str())
-                .bind(&a.provider)
-                .bind(&a.account)
-                .bind(a.outcome.as_str())
-                .bind(&a.detail)
-                .bind(a.value.as_deref())
-                .bind(a.provider_cost)
-                .bind(a.credits)
-                .bind(a.http_status.map(i64::from))
-                .bind(i64::from(a.tries))
-                .bind(i64::from(a.latency_ms))
-                .bind(a.at)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::db("insert attempt"))?;
-            Ok(Applied::Done)
-        }
-        WriteOp::Value {
-            lead_id,
-            value,
-            charge,
-        } => {
-            upsert_value(conn, ws, lead_id, value).await?;
-            let charged = match charge {
-                Some(charge) => take_charge(conn, ws, lead_id, value, charge).await?,
-                None => false,
-            };
-            Ok(Applied::Value { charged })
-        }
-        WriteOp::Spend(s) => {
-            let recorded = sqlx::query(sql::INSERT_SPEND)
-                .bind(ws)
-                .bind(&s.key)
-                .bind(&s.provider)
-                .bind(&s.account)
-                .bind(s.lead_id.as_ref().map(LeadId::as_str))
-                .bind(s.amount)
-                .bind(&s.detail)
-                .bind(s.at)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::db("insert spend"))?
-                .rows_affected()
-                == 1;
-            Ok(Applied::Spend { recorded })
-        }
-        WriteOp::Status(s) => {
-            sqlx::query(sql::UPSERT_STATUS)
-                .bind(ws)
-                .bind(s.lead_id.as_str())
-                .bind(s.state.as_str())
-                .bind(s.enrichment_status.as_deref())
-                .bind(&s.reason)
-                .bind(s.retry_at)
-                .bind(s.updated_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::db("upsert status"))?;
-            Ok(Applied::Done)
-        }
         WriteOp::Job(j) => {
             sqlx::query(sql::UPSERT_JOB)
                 .bind(ws)
@@ -430,7 +683,6 @@ async fn apply_op(
                 .execute(&mut *conn)
                 .await
                 .map_err(StoreError::db("upsert job"))?;
-            Ok(Applied::Done)
         }
         WriteOp::JobState {
             account,
@@ -447,89 +699,10 @@ async fn apply_op(
                 .execute(&mut *conn)
                 .await
                 .map_err(StoreError::db("update job state"))?;
-            Ok(Applied::Done)
         }
+        WriteOp::Attempt(_) | WriteOp::Value { .. } | WriteOp::Spend(_) | WriteOp::Status(_) => {}
     }
-}
-
-async fn upsert_value(
-    conn: &mut SqliteConnection,
-    ws: &str,
-    lead_id: &LeadId,
-    v: &ChannelValue,
-) -> Result<(), StoreError> {
-    sqlx::query(sql::UPSERT_VALUE)
-        .bind(ws)
-        .bind(lead_id.as_str())
-        .bind(v.channel.as_str())
-        .bind(&v.value)
-        .bind(v.source.as_str())
-        .bind(v.verification.as_str())
-        .bind(v.found_at)
-        .bind(v.verified_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::db("upsert value"))?;
     Ok(())
-}
-
-/// Inserts the ledger row; only if it is new, counts the charge in its
-/// budget period and against its reservation. Returns whether it was new.
-async fn take_charge(
-    conn: &mut SqliteConnection,
-    ws: &str,
-    lead_id: &LeadId,
-    v: &ChannelValue,
-    charge: &Charge,
-) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(sql::INSERT_LEDGER)
-        .bind(ws)
-        .bind(&charge.key)
-        .bind(lead_id.as_str())
-        .bind(v.channel.as_str())
-        .bind(&v.value)
-        .bind(v.source.as_str())
-        .bind(charge.credits)
-        .bind(&charge.period)
-        .bind(charge.reservation)
-        .bind(v.found_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::db("insert ledger"))?
-        .rows_affected()
-        == 1;
-    if !inserted {
-        return Ok(false);
-    }
-    sqlx::query(sql::ADD_CHARGED)
-        .bind(ws)
-        .bind(&charge.period)
-        .bind(charge.credits)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::db("count charge"))?;
-    if let Some(id) = charge.reservation {
-        let open: Option<sql::ReservationRow> = sqlx::query_as(OPEN_RESERVATION)
-            .bind(ws)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(read_err("reservations", "read reservation"))?;
-        if let Some(r) = open {
-            let used = charge.credits.min(r.remaining).max(0);
-            if used > 0 {
-                sqlx::query(sql::CONSUME_RESERVATION)
-                    .bind(ws)
-                    .bind(id)
-                    .bind(used)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(StoreError::db("consume reservation"))?;
-                release_reserved(conn, ws, &r.period, used).await?;
-            }
-        }
-    }
-    Ok(true)
 }
 
 async fn close_reservation(

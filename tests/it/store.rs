@@ -75,6 +75,14 @@ store_tests! {
     jobs_round_trip,
     workspaces_are_isolated,
     corrupt_rows_are_reported_not_panicked,
+    batch_mixing_every_kind_returns_each_result_in_order,
+    batch_duplicate_charge_keys_charge_the_first_op_once,
+    batch_duplicate_spend_keys_record_the_first_op,
+    batch_statuses_and_values_last_op_wins,
+    batch_charges_cap_what_they_take_from_reservations,
+    batch_of_five_thousand_ops,
+    batch_equals_applying_its_ops_one_by_one,
+    concurrent_batches_racing_on_the_same_keys,
 }
 
 // ---------------------------------------------------------------------------
@@ -249,6 +257,96 @@ async fn sqlite_in_memory_store_works() {
     assert_eq!(applied, vec![Applied::Value { charged: true }]);
     assert_eq!(store.values(&w, &lid("l1")).await.expect("values").len(), 1);
     assert_eq!(store.totals(&w).await.expect("totals").charges, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_batch_aborted_by_a_deadlock_is_rerun_exactly() {
+    use sqlx::Connection;
+    // A raw transaction holds ledger key k2 while the batch inserts k1 and
+    // waits for k2; the raw transaction then inserts k1: a deadlock. The
+    // batch, waiting longest, detects it and is aborted; `apply` reruns it.
+    // The raw transaction rolls back: the rerun takes both charges, counted
+    // once in the budget and the reservation.
+    let Some(db) = crate::db::pg().await else {
+        return;
+    };
+    let w = ws("a");
+    let rid = reserve(&db, &w, Some(100), 10).await.expect("reservation");
+    let mut raw = sqlx::PgConnection::connect(&db.url).await.expect("raw");
+    let mut watch = sqlx::PgConnection::connect(&db.url).await.expect("watch");
+    let raw_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut raw)
+        .await
+        .expect("pid");
+    const INSERT: &str = "INSERT INTO ledger
+        (workspace, key, lead_id, channel, value, source, credits, period, reservation, at)
+        VALUES ('a', $1, 'raw', 'phone', '+1', 'raw', 1, '2026-11', NULL, 1)";
+    sqlx::query("BEGIN").execute(&mut raw).await.expect("begin");
+    sqlx::query(INSERT)
+        .bind("k2")
+        .execute(&mut raw)
+        .await
+        .expect("k2");
+    let ops = vec![
+        email_charge("l1", "k1", 3, Some(rid)),
+        email_charge("l2", "k2", 4, Some(rid)),
+        WriteOp::Status(status("l1", LeadState::Done, None)),
+    ];
+    let batch = {
+        let store = db.store.clone();
+        let w = w.clone();
+        tokio::spawn(async move { store.apply(&w, &ops).await })
+    };
+    // Wait until the batch is blocked by the raw transaction (on k2).
+    let started = Instant::now();
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(raw_pid)
+        .fetch_one(&mut watch)
+        .await
+        .expect("blocked");
+        if blocked > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the batch never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Succeeds once the batch, the deadlock victim, has rolled back.
+    sqlx::query(INSERT)
+        .bind("k1")
+        .execute(&mut raw)
+        .await
+        .expect("the raw transaction must win the deadlock");
+    sqlx::query("ROLLBACK")
+        .execute(&mut raw)
+        .await
+        .expect("rollback");
+    let applied = batch.await.expect("task").expect("apply after a rerun");
+    assert_eq!(
+        applied,
+        vec![
+            Applied::Value { charged: true },
+            Applied::Value { charged: true },
+            Applied::Done
+        ]
+    );
+    assert_eq!(
+        budget(&db, &w, "2026-11").await,
+        BudgetRow {
+            limit: Some(100),
+            charged: 7,
+            reserved: 3
+        }
+    );
+    let ledger = db.store.ledger(&w).await.expect("ledger");
+    assert_eq!(ledger.len(), 2);
+    assert!(ledger.iter().all(|e| e.source == "hunter"));
 }
 
 // ---------------------------------------------------------------------------
@@ -1733,5 +1831,924 @@ async fn corrupt_rows_are_reported_not_panicked(db: &TestDb) {
         db.store.get_lead(&w, &lid("l7")).await,
         "leads",
         "lead fields",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Batches: `apply` writes each kind of op with multi-row statements; the
+// result must be what applying the ops one by one, in order, would give.
+
+async fn batch_mixing_every_kind_returns_each_result_in_order(db: &TestDb) {
+    let w = ws("a");
+    // Keys already taken before the batch.
+    apply(
+        db,
+        &w,
+        vec![
+            email_charge("l0", "k-old", 1, None),
+            WriteOp::Spend(spend("s-old", "apollo-main", 5, 1)),
+        ],
+    )
+    .await;
+    let ops = vec![
+        WriteOp::Attempt(attempt(
+            "l1",
+            Channel::WorkEmail,
+            "hunter",
+            OutcomeKind::Found,
+            10,
+        )),
+        email_charge("l1", "k1", 2, None),
+        WriteOp::Spend(spend("s1", "apollo-main", 100, 10)),
+        WriteOp::Status(status("l1", LeadState::Waiting, None)),
+        value_op("l1", cv(Channel::Phone, "+14155550100", "crm", 1), None),
+        email_charge("l2", "k-old", 1, None),
+        WriteOp::Spend(spend("s-old", "apollo-main", 5, 1)),
+        WriteOp::Job(job("fe-main", "j1", "tok-1", JobState::Pending)),
+        WriteOp::Attempt(attempt(
+            "l2",
+            Channel::Phone,
+            "apollo",
+            OutcomeKind::NotFound,
+            11,
+        )),
+        email_charge("l2", "k1", 2, None),
+        WriteOp::Spend(spend("s1", "apollo-main", 100, 10)),
+        WriteOp::JobState {
+            account: "fe-main".into(),
+            job_id: "j1".into(),
+            state: JobState::Received,
+            result: Some(b"[]".to_vec()),
+        },
+        email_charge("l3", "k3", 4, None),
+        WriteOp::Status(status("l1", LeadState::Done, None)),
+        WriteOp::Spend(spend("s2", "hunter-main", 50, 12)),
+    ];
+    let applied = apply(db, &w, ops).await;
+    assert_eq!(
+        applied,
+        vec![
+            Applied::Done,
+            Applied::Value { charged: true },
+            Applied::Spend { recorded: true },
+            Applied::Done,
+            Applied::Value { charged: false },
+            Applied::Value { charged: false },
+            Applied::Spend { recorded: false },
+            Applied::Done,
+            Applied::Done,
+            Applied::Value { charged: false },
+            Applied::Spend { recorded: false },
+            Applied::Done,
+            Applied::Value { charged: true },
+            Applied::Done,
+            Applied::Spend { recorded: true },
+        ],
+        "{}",
+        db.backend
+    );
+    let keys: Vec<String> = db
+        .store
+        .ledger(&w)
+        .await
+        .expect("ledger")
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, vec!["k-old", "k1", "k3"]);
+    assert_eq!(budget(db, &w, "2026-11").await.charged, 1 + 2 + 4);
+    let spent: Vec<(String, i64)> = db
+        .store
+        .spend(&w)
+        .await
+        .expect("spend")
+        .into_iter()
+        .map(|s| (s.key, s.amount))
+        .collect();
+    assert_eq!(
+        spent,
+        vec![("s-old".into(), 5), ("s1".into(), 100), ("s2".into(), 50)]
+    );
+    assert_eq!(
+        db.store.statuses(&w).await.expect("statuses"),
+        vec![status("l1", LeadState::Done, None)]
+    );
+    assert_eq!(
+        db.store.values(&w, &lid("l1")).await.expect("values").len(),
+        2
+    );
+    assert_eq!(
+        db.store.values(&w, &lid("l2")).await.expect("values"),
+        vec![cv(Channel::WorkEmail, "l2@acme.io", "hunter", 1_000)],
+        "a value is stored even when its charge key was taken"
+    );
+    let t = db.store.totals(&w).await.expect("totals");
+    assert_eq!((t.attempts, t.charges, t.credits), (2, 3, 7));
+    let j = db
+        .store
+        .job(&w, "fe-main", "j1")
+        .await
+        .expect("job")
+        .expect("stored");
+    assert_eq!(
+        (j.state, j.result),
+        (JobState::Received, Some(b"[]".to_vec()))
+    );
+}
+
+async fn batch_duplicate_charge_keys_charge_the_first_op_once(db: &TestDb) {
+    let w = ws("a");
+    let rid = reserve(db, &w, Some(100), 10).await.expect("reservation");
+    let ops = vec![
+        value_op(
+            "l1",
+            cv(Channel::WorkEmail, "a@acme.io", "hunter", 10),
+            Some(charge("K", 3, "2026-11", Some(rid))),
+        ),
+        value_op(
+            "l2",
+            cv(Channel::WorkEmail, "b@acme.io", "apollo", 20),
+            Some(charge("K", 5, "2026-12", None)),
+        ),
+        email_charge("l3", "other", 1, None),
+        value_op(
+            "l1",
+            cv(Channel::WorkEmail, "c@acme.io", "pdl", 30),
+            Some(charge("K", 7, "2026-11", Some(rid))),
+        ),
+    ];
+    let applied = apply(db, &w, ops.clone()).await;
+    assert_eq!(
+        applied,
+        vec![
+            Applied::Value { charged: true },
+            Applied::Value { charged: false },
+            Applied::Value { charged: true },
+            Applied::Value { charged: false },
+        ]
+    );
+    let ledger = db.store.ledger(&w).await.expect("ledger");
+    assert_eq!(ledger.len(), 2);
+    let k = &ledger[0];
+    assert_eq!(
+        (
+            k.key.as_str(),
+            k.lead_id.as_str(),
+            k.value.as_str(),
+            k.source.as_str(),
+            k.credits,
+            k.period.as_str(),
+            k.reservation,
+            k.at
+        ),
+        (
+            "K",
+            "l1",
+            "a@acme.io",
+            "hunter",
+            3,
+            "2026-11",
+            Some(rid),
+            10
+        ),
+        "the ledger row is the first op's"
+    );
+    assert_eq!(
+        budget(db, &w, "2026-11").await,
+        BudgetRow {
+            limit: Some(100),
+            charged: 3 + 1,
+            reserved: 10 - 3
+        }
+    );
+    assert_eq!(budget(db, &w, "2026-12").await.charged, 0);
+    // The values are upserted whatever happened to the charges.
+    assert_eq!(
+        db.store.values(&w, &lid("l1")).await.expect("values")[0].value,
+        "c@acme.io"
+    );
+    assert_eq!(
+        db.store.values(&w, &lid("l2")).await.expect("values")[0].value,
+        "b@acme.io"
+    );
+    // The same batch again: nothing is charged twice.
+    let applied = apply(db, &w, ops).await;
+    assert_eq!(applied, vec![Applied::Value { charged: false }; 4]);
+    assert_eq!(db.store.ledger(&w).await.expect("ledger").len(), 2);
+    assert_eq!(
+        budget(db, &w, "2026-11").await,
+        BudgetRow {
+            limit: Some(100),
+            charged: 4,
+            reserved: 7
+        }
+    );
+}
+
+async fn batch_duplicate_spend_keys_record_the_first_op(db: &TestDb) {
+    let w = ws("a");
+    let applied = apply(
+        db,
+        &w,
+        vec![
+            WriteOp::Spend(spend("s1", "apollo-main", 10, 1)),
+            WriteOp::Spend(spend("s1", "apollo-other", 20, 2)),
+            WriteOp::Spend(spend("s2", "apollo-main", 5, 3)),
+            WriteOp::Spend(spend("s1", "apollo-main", 30, 4)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        applied,
+        vec![
+            Applied::Spend { recorded: true },
+            Applied::Spend { recorded: false },
+            Applied::Spend { recorded: true },
+            Applied::Spend { recorded: false },
+        ]
+    );
+    assert_eq!(
+        db.store.spend(&w).await.expect("spend"),
+        vec![
+            spend("s1", "apollo-main", 10, 1),
+            spend("s2", "apollo-main", 5, 3)
+        ]
+    );
+    let applied = apply(
+        db,
+        &w,
+        vec![
+            WriteOp::Spend(spend("s2", "apollo-main", 5, 3)),
+            WriteOp::Spend(spend("s3", "apollo-main", 7, 5)),
+            WriteOp::Spend(spend("s3", "apollo-main", 7, 5)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        applied,
+        vec![
+            Applied::Spend { recorded: false },
+            Applied::Spend { recorded: true },
+            Applied::Spend { recorded: false },
+        ]
+    );
+    let t = db.store.totals(&w).await.expect("totals");
+    assert_eq!(t.spend, vec![("apollo-main".into(), 22)]);
+}
+
+async fn batch_statuses_and_values_last_op_wins(db: &TestDb) {
+    let w = ws("a");
+    // Rows from before the batch are replaced too.
+    apply(
+        db,
+        &w,
+        vec![
+            WriteOp::Status(status("l1", LeadState::Queued, None)),
+            value_op("l1", cv(Channel::WorkEmail, "v0@acme.io", "crm", 1), None),
+        ],
+    )
+    .await;
+    let last_status = LeadStatusRow {
+        enrichment_status: None,
+        reason: "all channels settled".into(),
+        updated_at: 9_000,
+        ..status("l1", LeadState::Done, None)
+    };
+    let v3 = ChannelValue {
+        verification: Verification::CatchAll,
+        verified_at: None,
+        ..cv(Channel::WorkEmail, "v3@acme.io", "pdl", 3)
+    };
+    let ops = vec![
+        WriteOp::Status(status("l1", LeadState::Deferred, Some(100))),
+        value_op(
+            "l1",
+            cv(Channel::WorkEmail, "v1@acme.io", "hunter", 1),
+            Some(charge("k1", 1, "2026-11", None)),
+        ),
+        WriteOp::Status(status("l2", LeadState::Waiting, None)),
+        value_op(
+            "l1",
+            cv(Channel::WorkEmail, "v2@acme.io", "apollo", 2),
+            Some(charge("k2", 1, "2026-11", None)),
+        ),
+        value_op("l1", cv(Channel::Phone, "+1", "apollo", 2), None),
+        WriteOp::Status(status("l1", LeadState::Queued, Some(50))),
+        value_op("l1", v3.clone(), Some(charge("k3", 1, "2026-11", None))),
+        WriteOp::Status(last_status.clone()),
+    ];
+    let applied = apply(db, &w, ops).await;
+    assert_eq!(
+        applied,
+        vec![
+            Applied::Done,
+            Applied::Value { charged: true },
+            Applied::Done,
+            Applied::Value { charged: true },
+            Applied::Value { charged: false },
+            Applied::Done,
+            Applied::Value { charged: true },
+            Applied::Done,
+        ]
+    );
+    assert_eq!(
+        db.store.statuses(&w).await.expect("statuses"),
+        vec![last_status, status("l2", LeadState::Waiting, None)]
+    );
+    assert_eq!(
+        db.store.values(&w, &lid("l1")).await.expect("values"),
+        vec![v3, cv(Channel::Phone, "+1", "apollo", 2)]
+    );
+    // Each charge recorded the value it was taken for.
+    let charged: Vec<String> = db
+        .store
+        .ledger(&w)
+        .await
+        .expect("ledger")
+        .into_iter()
+        .map(|e| e.value)
+        .collect();
+    assert_eq!(charged, vec!["v1@acme.io", "v2@acme.io", "v3@acme.io"]);
+    let loaded = db.store.load_leads(&w, &[lid("l1")]).await.expect("load");
+    assert_eq!(
+        loaded[&lid("l1")].status.as_ref().map(|s| s.state),
+        Some(LeadState::Done)
+    );
+}
+
+async fn batch_charges_cap_what_they_take_from_reservations(db: &TestDb) {
+    let w = ws("a");
+    let nov = reserve(db, &w, Some(1_000), 10).await.expect("reservation");
+    let dec = db
+        .store
+        .reserve(&w, "2026-12", Some(1_000), 20, "w", 1_000_000)
+        .await
+        .expect("reserve")
+        .expect("fits");
+    let part = reserve(db, &w, Some(1_000), 5).await.expect("reservation");
+    // `part` is partly used before the batch: 3 left.
+    apply(db, &w, vec![email_charge("p0", "p0", 2, Some(part))]).await;
+    let settled = reserve(db, &w, Some(1_000), 4).await.expect("reservation");
+    db.store
+        .settle(&w, settled)
+        .await
+        .expect("settle")
+        .expect("open");
+    assert_eq!(budget(db, &w, "2026-11").await.reserved, 10 + 3);
+
+    let c = |lead: &str, key: &str, credits: i64, period: &str, r: Option<i64>| {
+        value_op(
+            lead,
+            cv(Channel::Phone, &format!("+1{lead}"), "apollo", 5),
+            Some(charge(key, credits, period, r)),
+        )
+    };
+    let ops = vec![
+        // 4 + 3 + 5 + 0 = 12 against `nov`, which has 10.
+        c("n1", "n1", 4, "2026-11", Some(nov)),
+        c("n2", "n2", 3, "2026-11", Some(nov)),
+        c("n1", "n1", 4, "2026-11", Some(nov)), // duplicate: not counted
+        c("n3", "n3", 5, "2026-11", Some(nov)),
+        c("n4", "n4", 0, "2026-11", Some(nov)),
+        c("p0", "p0", 2, "2026-11", Some(part)), // taken before the batch
+        // 2 + 2 against `part`, which has 3.
+        c("p1", "p1", 2, "2026-11", Some(part)),
+        c("p2", "p2", 2, "2026-11", Some(part)),
+        // `dec` (20): 6, one of them counted in November.
+        c("d1", "d1", 4, "2026-12", Some(dec)),
+        c("d2", "d2", 2, "2026-11", Some(dec)),
+        // Settled or unknown reservations: counted, nothing consumed.
+        c("s1", "s1", 3, "2026-11", Some(settled)),
+        c("u1", "u1", 1, "2026-12", Some(987_654)),
+    ];
+    let applied = apply(db, &w, ops).await;
+    let charged: Vec<bool> = applied
+        .iter()
+        .map(|a| matches!(a, Applied::Value { charged: true }))
+        .collect();
+    assert_eq!(
+        charged,
+        vec![
+            true, true, false, true, true, false, true, true, true, true, true, true
+        ]
+    );
+    // November: 4+3+5+0 + 2+2 + 2 + 3 = 21 charged; reserved was 13, minus
+    // 10 (nov, capped) and 3 (part, capped).
+    assert_eq!(
+        budget(db, &w, "2026-11").await,
+        BudgetRow {
+            limit: Some(1_000),
+            charged: 2 + 21,
+            reserved: 0
+        }
+    );
+    // December: 4 + 1 charged; `dec` gave back 4 + 2.
+    assert_eq!(
+        budget(db, &w, "2026-12").await,
+        BudgetRow {
+            limit: Some(1_000),
+            charged: 5,
+            reserved: 20 - 6
+        }
+    );
+    let settle = |id| {
+        let store = db.store.clone();
+        let w = w.clone();
+        async move { store.settle(&w, id).await.expect("settle") }
+    };
+    assert_eq!(
+        settle(nov).await,
+        Some(Settlement {
+            reserved: 10,
+            used: 10,
+            released: 0
+        })
+    );
+    assert_eq!(
+        settle(part).await,
+        Some(Settlement {
+            reserved: 5,
+            used: 5,
+            released: 0
+        })
+    );
+    assert_eq!(
+        settle(dec).await,
+        Some(Settlement {
+            reserved: 20,
+            used: 6,
+            released: 14
+        })
+    );
+    assert_eq!(budget(db, &w, "2026-12").await.reserved, 0);
+}
+
+async fn batch_of_five_thousand_ops(db: &TestDb) {
+    // 1,000 leads x (value + charge, spend, 2 attempts, status), all found
+    // at the same instant, keys in no particular order: more than a chunk of
+    // every kind, duplicates across chunk boundaries, and ids that must
+    // follow the op order.
+    let w = ws("a");
+    const LEADS: usize = 1_000;
+    let rid = reserve(db, &w, Some(1_000_000), 1_500)
+        .await
+        .expect("reservation");
+    let key = |i: usize| format!("key-{:04}", (i * 7_919) % LEADS);
+    let mut ops = Vec::with_capacity(5 * LEADS + 2);
+    for i in 0..LEADS {
+        let lead = format!("lead-{i:04}");
+        ops.push(value_op(
+            &lead,
+            cv(Channel::WorkEmail, &format!("{lead}@acme.io"), "hunter", 7),
+            Some(charge(&key(i), 2, "2026-11", Some(rid))),
+        ));
+        ops.push(WriteOp::Spend(spend(
+            &format!("s-{}", key(i)),
+            "apollo-main",
+            3,
+            7,
+        )));
+        for (n, channel) in [Channel::WorkEmail, Channel::Phone].into_iter().enumerate() {
+            ops.push(WriteOp::Attempt(AttemptRecord {
+                run_id: format!("run-{i}-{n}"),
+                ..attempt(&lead, channel, "apollo", OutcomeKind::Found, 7)
+            }));
+        }
+        ops.push(WriteOp::Status(status(&lead, LeadState::Done, None)));
+    }
+    // Duplicates of the first keys at the very end.
+    ops.push(email_charge("lead-0000", &key(0), 2, Some(rid)));
+    ops.push(WriteOp::Spend(spend(
+        &format!("s-{}", key(1)),
+        "apollo-main",
+        3,
+        7,
+    )));
+    assert_eq!(ops.len(), 5 * LEADS + 2);
+
+    let started = Instant::now();
+    let applied = apply(db, &w, ops.clone()).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "{}: 5,002 ops took {took:?}",
+        db.backend
+    );
+    assert_eq!(applied.len(), ops.len());
+    for (i, (op, a)) in ops.iter().zip(&applied).enumerate() {
+        let expected = match op {
+            WriteOp::Value { .. } => Applied::Value {
+                charged: i < 5 * LEADS,
+            },
+            WriteOp::Spend(_) => Applied::Spend {
+                recorded: i < 5 * LEADS,
+            },
+            _ => Applied::Done,
+        };
+        assert_eq!(*a, expected, "op {i}");
+    }
+    let t = db.store.totals(&w).await.expect("totals");
+    assert_eq!(
+        (t.values, t.charges, t.credits, t.attempts),
+        (
+            LEADS as u64,
+            LEADS as u64,
+            2 * LEADS as i64,
+            2 * LEADS as u64
+        )
+    );
+    assert_eq!(t.spend, vec![("apollo-main".into(), 3 * LEADS as i64)]);
+    assert_eq!(
+        budget(db, &w, "2026-11").await,
+        BudgetRow {
+            limit: Some(1_000_000),
+            charged: 2 * LEADS as i64,
+            reserved: 0
+        },
+        "2,000 charged against 1,500 reserved: 1,500 used"
+    );
+    // Same `at` everywhere: ties are broken by id, which follows op order.
+    let ledger: Vec<String> = db
+        .store
+        .ledger(&w)
+        .await
+        .expect("ledger")
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(ledger, (0..LEADS).map(key).collect::<Vec<_>>());
+    let spent: Vec<String> = db
+        .store
+        .spend(&w)
+        .await
+        .expect("spend")
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(
+        spent,
+        (0..LEADS)
+            .map(|i| format!("s-{}", key(i)))
+            .collect::<Vec<_>>()
+    );
+    let runs: Vec<String> = db
+        .store
+        .attempts(&w, &lid("lead-0999"))
+        .await
+        .expect("attempts")
+        .into_iter()
+        .map(|a| a.run_id)
+        .collect();
+    assert_eq!(runs, vec!["run-999-0", "run-999-1"]);
+    assert_eq!(
+        db.store
+            .leads_in_state(&w, LeadState::Done, 0, 10_000)
+            .await
+            .expect("done")
+            .len(),
+        LEADS
+    );
+    // Again: every key is taken, everything else is written again.
+    let applied = apply(db, &w, ops).await;
+    assert!(applied.iter().all(|a| !matches!(
+        a,
+        Applied::Value { charged: true } | Applied::Spend { recorded: true }
+    )));
+    let t = db.store.totals(&w).await.expect("totals");
+    assert_eq!((t.charges, t.attempts), (LEADS as u64, 4 * LEADS as u64));
+}
+
+/// A small deterministic generator (no `rand` among the dev-dependencies).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Random ops over a small universe (many key and row collisions);
+/// `reservations` are this workspace's ids, `tokens` makes job tokens
+/// unique across workspaces.
+fn random_ops(rng: &mut Lcg, n: usize, reservations: &[i64], tokens: &str) -> Vec<WriteOp> {
+    const CHANNELS: [Channel; 3] = [Channel::WorkEmail, Channel::Phone, Channel::LinkedinUrl];
+    const STATES: [LeadState; 4] = [
+        LeadState::Done,
+        LeadState::Deferred,
+        LeadState::Queued,
+        LeadState::Waiting,
+    ];
+    const PERIODS: [&str; 2] = ["2026-11", "2026-12"];
+    let mut ops = Vec::with_capacity(n);
+    for _ in 0..n {
+        let lead = format!("l{}", rng.below(6));
+        let at = 1_000 + rng.below(5) as i64;
+        let op = match rng.below(10) {
+            0..=3 => {
+                let channel = CHANNELS[rng.below(3) as usize];
+                let value = cv(channel, &format!("v{}", rng.below(1_000)), "apollo", at);
+                let charge = (rng.below(4) != 0).then(|| {
+                    // Mostly positive, sometimes 0 or negative.
+                    let credits = rng.below(7) as i64 - 1;
+                    let reservation = match rng.below(5) {
+                        0 => None,
+                        i => Some(reservations[(i - 1) as usize % reservations.len()]),
+                    };
+                    charge(
+                        &format!("k{}", rng.below(14)),
+                        credits,
+                        PERIODS[rng.below(2) as usize],
+                        reservation,
+                    )
+                });
+                WriteOp::Value {
+                    lead_id: lid(&lead),
+                    value,
+                    charge,
+                }
+            }
+            4 => WriteOp::Spend(SpendEntry {
+                lead_id: Some(lid(&lead)),
+                ..spend(
+                    &format!("s{}", rng.below(8)),
+                    "apollo-main",
+                    rng.below(100) as i64,
+                    at,
+                )
+            }),
+            5 | 6 => WriteOp::Attempt(AttemptRecord {
+                run_id: format!("run-{}", rng.below(1_000)),
+                ..attempt(
+                    &lead,
+                    CHANNELS[rng.below(3) as usize],
+                    "apollo",
+                    OutcomeKind::NotFound,
+                    at,
+                )
+            }),
+            7 | 8 => WriteOp::Status(LeadStatusRow {
+                updated_at: at,
+                reason: format!("r{}", rng.below(1_000)),
+                ..status(&lead, STATES[rng.below(4) as usize], Some(at))
+            }),
+            _ => {
+                let job_id = format!("j{}", rng.below(2));
+                if rng.below(2) == 0 {
+                    WriteOp::Job(ProviderJob {
+                        submitted_at: at,
+                        ..job(
+                            "fe",
+                            &job_id,
+                            &format!("tok-{tokens}-{job_id}"),
+                            JobState::Pending,
+                        )
+                    })
+                } else {
+                    WriteOp::JobState {
+                        account: "fe".into(),
+                        job_id,
+                        state: JobState::Received,
+                        result: Some(format!("{}", rng.below(1_000)).into_bytes()),
+                    }
+                }
+            }
+        };
+        ops.push(op);
+    }
+    ops
+}
+
+async fn batch_equals_applying_its_ops_one_by_one(db: &TestDb) {
+    // Workspace `batched` gets each round as one batch, `single` gets the
+    // same ops one `apply` at a time: results and state must be identical.
+    let batched = ws("batched");
+    let single = ws("single");
+    let mut reservations = Vec::new();
+    for w in [&batched, &single] {
+        let mut ids = Vec::new();
+        for (period, amount) in [("2026-11", 9), ("2026-12", 6), ("2026-11", 30)] {
+            ids.push(
+                db.store
+                    .reserve(w, period, None, amount, "w", 1_000_000)
+                    .await
+                    .expect("reserve")
+                    .expect("fits"),
+            );
+        }
+        // One settled before anything is charged against it.
+        let settled = db
+            .store
+            .reserve(w, "2026-12", None, 4, "w", 1_000_000)
+            .await
+            .expect("reserve")
+            .expect("fits");
+        db.store.settle(w, settled).await.expect("settle");
+        ids.push(settled);
+        reservations.push(ids);
+    }
+    for round in 0..4u64 {
+        let mut rng = Lcg(round * 7 + 1);
+        let ops_b = random_ops(&mut rng, 80, &reservations[0], "b");
+        let mut rng = Lcg(round * 7 + 1);
+        let ops_s = random_ops(&mut rng, 80, &reservations[1], "s");
+        let got = apply(db, &batched, ops_b).await;
+        let mut want = Vec::new();
+        for op in ops_s {
+            want.extend(apply(db, &single, vec![op]).await);
+        }
+        assert_eq!(got, want, "{} round {round}: results", db.backend);
+    }
+    let s = &db.store;
+    for i in 0..6 {
+        let l = lid(&format!("l{i}"));
+        assert_eq!(
+            s.values(&batched, &l).await.expect("values"),
+            s.values(&single, &l).await.expect("values"),
+            "values of {l}"
+        );
+        assert_eq!(
+            s.attempts(&batched, &l).await.expect("attempts"),
+            s.attempts(&single, &l).await.expect("attempts"),
+            "attempts of {l}"
+        );
+    }
+    assert_eq!(
+        s.statuses(&batched).await.expect("statuses"),
+        s.statuses(&single).await.expect("statuses")
+    );
+    assert_eq!(
+        s.spend(&batched).await.expect("spend"),
+        s.spend(&single).await.expect("spend")
+    );
+    // Reservation ids differ between the workspaces: compare their index.
+    let ledger = |w: &WorkspaceId, ids: Vec<i64>| {
+        let store = s.clone();
+        let w = w.clone();
+        async move {
+            store
+                .ledger(&w)
+                .await
+                .expect("ledger")
+                .into_iter()
+                .map(|mut e| {
+                    e.reservation = e
+                        .reservation
+                        .map(|r| ids.iter().position(|&x| x == r).map_or(-1, |p| p as i64));
+                    e
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let lb = ledger(&batched, reservations[0].clone()).await;
+    assert!(!lb.is_empty());
+    assert_eq!(lb, ledger(&single, reservations[1].clone()).await);
+    for period in ["2026-11", "2026-12"] {
+        assert_eq!(
+            budget(db, &batched, period).await,
+            budget(db, &single, period).await,
+            "budget {period}"
+        );
+    }
+    for j in ["j0", "j1"] {
+        let job = |w: &WorkspaceId| {
+            let store = s.clone();
+            let w = w.clone();
+            async move {
+                store
+                    .job(&w, "fe", j)
+                    .await
+                    .expect("job")
+                    .map(|j| (j.state, j.result, j.submitted_at))
+            }
+        };
+        assert_eq!(job(&batched).await, job(&single).await, "job {j}");
+    }
+    for (b, o) in reservations[0].iter().zip(&reservations[1]) {
+        assert_eq!(
+            s.settle(&batched, *b).await.expect("settle"),
+            s.settle(&single, *o).await.expect("settle"),
+            "settling reservation {b} / {o}"
+        );
+    }
+}
+
+async fn concurrent_batches_racing_on_the_same_keys(db: &TestDb) {
+    // Large batches on two stores (two replicas; on SQLite two writer
+    // connections on one file) charging and spending the same keys in
+    // different orders, at the same moment. Phase 0: the batches share
+    // their leads (values, statuses) too. Phase 1: each batch has its own
+    // leads, so they meet only on the ledger and spend keys (on PostgreSQL,
+    // on the unique indexes: opposite orders may deadlock, and the loser is
+    // rerun). Phase 2: as phase 0, all charging one reservation.
+    let stores: [Arc<dyn Store>; 2] = [
+        db.store.clone(),
+        store::open(&db.url).await.expect("second store"),
+    ];
+    let w = ws("a");
+    const TASKS: usize = 6;
+    const KEYS: usize = 300;
+    const PHASES: usize = 3;
+    let rid = reserve(db, &w, None, 250).await.expect("reservation");
+    for phase in 0..PHASES {
+        let barrier = Arc::new(Barrier::new(TASKS));
+        let mut handles = Vec::new();
+        for t in 0..TASKS {
+            let store = stores[t % 2].clone();
+            let barrier = barrier.clone();
+            let w = w.clone();
+            handles.push(tokio::spawn(async move {
+                let mut keys: Vec<usize> = (0..KEYS).collect();
+                if t % 2 == 1 {
+                    keys.reverse();
+                }
+                keys.rotate_left(t * 37 % KEYS);
+                let mut ops = Vec::new();
+                for &k in &keys {
+                    let lead = if phase == 1 {
+                        format!("t{t}-l{}", k % 50)
+                    } else {
+                        format!("l{}", k % 50)
+                    };
+                    ops.push(email_charge(
+                        &lead,
+                        &format!("k{phase}-{k}"),
+                        1,
+                        (phase == 2).then_some(rid),
+                    ));
+                    ops.push(WriteOp::Spend(spend(
+                        &format!("s{phase}-{k}"),
+                        "apollo-main",
+                        1,
+                        1,
+                    )));
+                    ops.push(WriteOp::Attempt(attempt(
+                        &lead,
+                        Channel::WorkEmail,
+                        "hunter",
+                        OutcomeKind::Found,
+                        1,
+                    )));
+                    ops.push(WriteOp::Status(status(&lead, LeadState::Done, None)));
+                }
+                barrier.wait().await;
+                let applied = store.apply(&w, &ops).await.expect("apply");
+                let charged = applied
+                    .iter()
+                    .filter(|a| matches!(a, Applied::Value { charged: true }))
+                    .count();
+                let recorded = applied
+                    .iter()
+                    .filter(|a| matches!(a, Applied::Spend { recorded: true }))
+                    .count();
+                (charged, recorded)
+            }));
+        }
+        let (mut charged, mut recorded) = (0, 0);
+        for h in handles {
+            let (c, r) = h.await.expect("task");
+            charged += c;
+            recorded += r;
+        }
+        assert_eq!(
+            (charged, recorded),
+            (KEYS, KEYS),
+            "{} phase {phase}: each key is taken by one batch",
+            db.backend
+        );
+    }
+    let n = PHASES * KEYS;
+    let t = db.store.totals(&w).await.expect("totals");
+    assert_eq!(
+        (t.charges, t.credits, t.attempts, t.values),
+        (
+            n as u64,
+            n as i64,
+            (PHASES * TASKS * KEYS) as u64,
+            (50 + TASKS * 50) as u64
+        )
+    );
+    assert_eq!(t.spend, vec![("apollo-main".into(), n as i64)]);
+    assert_eq!(db.store.ledger(&w).await.expect("ledger").len(), n);
+    assert_eq!(
+        budget(db, &w, "2026-11").await,
+        BudgetRow {
+            limit: None,
+            charged: n as i64,
+            reserved: 0
+        },
+        "{}: the reservation (250) was used up by phase 2 (300)",
+        db.backend
+    );
+    assert_eq!(
+        db.store.settle(&w, rid).await.expect("settle"),
+        Some(Settlement {
+            reserved: 250,
+            used: 250,
+            released: 0
+        })
     );
 }
