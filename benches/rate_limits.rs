@@ -82,8 +82,16 @@ fn main() {
         let mut runs = Vec::new();
         for c in cases {
             let limits = c.opts.limits.clone();
-            // The binding rate: the smallest count/window among the windows.
-            let rate = limits.iter().map(|(w, n)| f64::from(*n) / w.as_secs_f64()).fold(f64::INFINITY, f64::min);
+            // The binding rate over this run: count/window for windows that fit
+            // in it, count/run-length for longer ones (a day's quota may all
+            // be used within the run).
+            let rate = limits
+                .iter()
+                .map(|(w, n)| {
+                    let w = w.as_secs_f64();
+                    f64::from(*n) / if w <= seconds { w } else { seconds }
+                })
+                .fold(f64::INFINITY, f64::min);
             let leads = match c.kind {
                 // One async request carries many leads: give it plenty.
                 ProviderKind::FullEnrich => 4000,

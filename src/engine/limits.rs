@@ -83,19 +83,23 @@ impl AccountLimiter {
     /// `headroom` (0 < h ≤ 1) scales every window, leaving a margin for clock
     /// skew and network jitter between us and the provider's counter.
     pub fn new(limits: &Limits, headroom: f64) -> AccountLimiter {
-        let scaled = |count: u32| (f64::from(count) * headroom).floor().max(1.0);
+        let headroom = headroom.clamp(0.01, 1.0);
         let mut periods: Vec<Duration> = Vec::new();
         let mut logs = Vec::new();
         let mut rate = f64::INFINITY;
         for (window, count) in limits.windows() {
-            let allowed = scaled(count);
-            rate = rate.min(allowed / window.as_secs_f64());
             if window <= SMOOTHED_UP_TO {
+                // Headroom stretches the spacing (5/s → one per 204 ms), it
+                // does not round the count down (5 × 0.98 → 4/s).
+                let allowed = f64::from(count) * headroom;
+                rate = rate.min(allowed / window.as_secs_f64());
                 periods.push(window.div_f64(allowed));
             } else {
+                let max = (f64::from(count) * headroom).floor().max(1.0);
+                rate = rate.min(max / window.as_secs_f64());
                 logs.push(SlidingLog {
                     window,
-                    max: allowed as usize,
+                    max: max as usize,
                     times: Mutex::new(VecDeque::new()),
                 });
             }
