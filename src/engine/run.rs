@@ -574,15 +574,16 @@ impl Engine {
                     }
                 }
                 if spend != 0 {
-                    money.push(WriteOp::Spend(SpendEntry {
-                        key: format!("{}:{}:{}:{}", ctx.run_id, account, p.lead.id, lead.seq),
-                        provider: provider.clone(),
-                        account: account.to_string(),
-                        lead_id: Some(p.lead.id.clone()),
-                        amount: spend,
-                        detail: format!("find {channels}"),
-                        at: now,
-                    }));
+                    money.push(spend_op(
+                        ctx,
+                        p,
+                        lead.seq,
+                        &provider,
+                        account,
+                        spend,
+                        format!("find {channels}"),
+                        now,
+                    ));
                 }
                 let applied = self.writer.write(&ws.id, money).await?;
                 let mut k = 0;
@@ -632,15 +633,17 @@ impl Engine {
                     0
                 };
                 if attempt_cost != 0 {
-                    let op = WriteOp::Spend(SpendEntry {
-                        key: format!("{}:{}:{}:{}", ctx.run_id, account, p.lead.id, lead.seq),
-                        provider: provider.clone(),
-                        account: account.to_string(),
-                        lead_id: Some(p.lead.id.clone()),
-                        amount: attempt_cost,
-                        detail: format!("find {channels}: {kind}"),
-                        at: now,
-                    });
+                    let detail = format!("find {channels}: {kind}");
+                    let op = spend_op(
+                        ctx,
+                        p,
+                        lead.seq,
+                        &provider,
+                        account,
+                        attempt_cost,
+                        detail,
+                        now,
+                    );
                     self.writer.write(&ws.id, vec![op]).await?;
                 }
                 for c in channels.iter() {
@@ -793,15 +796,16 @@ impl Engine {
         };
         lead.seq += 1;
         if cost != 0 {
-            let op = WriteOp::Spend(SpendEntry {
-                key: format!("{}:{}:{}:{}", ctx.run_id, client.id(), p.lead.id, lead.seq),
-                provider: provider.clone(),
-                account: client.id().to_string(),
-                lead_id: Some(p.lead.id.clone()),
-                amount: cost,
-                detail: format!("verify {c}"),
-                at: now,
-            });
+            let op = spend_op(
+                ctx,
+                p,
+                lead.seq,
+                &provider,
+                client.id(),
+                cost,
+                format!("verify {c}"),
+                now,
+            );
             if let Err(e) = self.writer.write(&ctx.ws.id, vec![op]).await {
                 tracing::error!(error = %e, "could not record verifier spend");
             }
@@ -810,6 +814,30 @@ impl Engine {
             .push(base.record(c, kind, detail, Some(email.to_string()), cost, 0));
         verdict
     }
+}
+
+/// A provider-spend row for the lead's `seq`-th call in this run (the key
+/// makes it idempotent if the same write is applied twice).
+#[allow(clippy::too_many_arguments)]
+fn spend_op(
+    ctx: &RunCtx,
+    p: &Prepared,
+    seq: u32,
+    provider: &str,
+    account: &str,
+    amount: MilliCredits,
+    detail: String,
+    at: UnixMillis,
+) -> WriteOp {
+    WriteOp::Spend(SpendEntry {
+        key: format!("{}:{}:{}:{}", ctx.run_id, account, p.lead.id, seq),
+        provider: provider.to_string(),
+        account: account.to_string(),
+        lead_id: Some(p.lead.id.clone()),
+        amount,
+        detail,
+        at,
+    })
 }
 
 enum Verdict {
