@@ -638,24 +638,12 @@ impl Finder for Declarative {
         items: &[FindItem<'_>],
         _callback_url: Option<&str>,
     ) -> Result<HttpRequest, AdapterError> {
-        let [item] = items else {
-            return Err(AdapterError::BatchTooLarge {
-                provider: self.provider,
-                max: 1,
-                got: items.len(),
-            });
-        };
+        let item = util::single_item(items, self.provider, self.needs, |id| self.accepts(id))?;
         let id = item.identity;
         let vars = Vars {
             id,
             asks: item.channels,
         };
-        if !self.accepts(id) {
-            return Err(AdapterError::MissingInput {
-                provider: self.provider,
-                needs: self.needs,
-            });
-        }
         let mut query: Vec<(String, String)> = self
             .query
             .iter()

@@ -209,13 +209,7 @@ impl Finder for Hunter {
         items: &[FindItem<'_>],
         _callback_url: Option<&str>,
     ) -> Result<HttpRequest, AdapterError> {
-        let [item] = items else {
-            return Err(AdapterError::BatchTooLarge {
-                provider: PROVIDER,
-                max: 1,
-                got: items.len(),
-            });
-        };
+        let item = util::single_item(items, PROVIDER, NEEDS, |id| self.accepts(id))?;
         let id = item.identity;
         let mut q = Query::new();
         if name_and_company(id) {

@@ -260,20 +260,8 @@ impl Finder for Pdl {
         items: &[FindItem<'_>],
         _callback_url: Option<&str>,
     ) -> Result<HttpRequest, AdapterError> {
-        let [item] = items else {
-            return Err(AdapterError::BatchTooLarge {
-                provider: PROVIDER,
-                max: 1,
-                got: items.len(),
-            });
-        };
+        let item = util::single_item(items, PROVIDER, NEEDS, |id| self.accepts(id))?;
         let id = item.identity;
-        if !self.accepts(id) {
-            return Err(AdapterError::MissingInput {
-                provider: PROVIDER,
-                needs: NEEDS,
-            });
-        }
         let mut q = Query::new();
         q.opt("profile", filled(&id.linkedin_url))
             .opt("email", filled(&id.email));

@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::def::{Account, BuildError};
-use super::{HttpResponse, Method};
+use super::{AdapterError, FindItem, HttpResponse, Method};
 use crate::core::channel::{Channel, ChannelSet};
+use crate::core::lead::Identity;
 use crate::core::outcome::{Classified, ProviderOutcome};
 use crate::secret::Secret;
 
@@ -42,6 +43,27 @@ pub(crate) fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// The one item of a single-record API, checked against the provider's
+/// minimum identity (`accepts`).
+pub(crate) fn single_item<'i, 'a>(
+    items: &'i [FindItem<'a>],
+    provider: &'static str,
+    needs: &'static str,
+    accepts: impl Fn(&Identity) -> bool,
+) -> Result<&'i FindItem<'a>, AdapterError> {
+    let [item] = items else {
+        return Err(AdapterError::BatchTooLarge {
+            provider,
+            max: 1,
+            got: items.len(),
+        });
+    };
+    if !accepts(item.identity) {
+        return Err(AdapterError::MissingInput { provider, needs });
+    }
+    Ok(item)
 }
 
 /// `base` (trailing slashes dropped) + `path` + `?k=v&...` with every key and
