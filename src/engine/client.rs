@@ -194,13 +194,12 @@ impl ProviderClient {
         Ok(resp)
     }
 
-    /// `x-ratelimit-remaining: 0` with a reset time pauses the account until then.
+    /// An answer saying the quota is used up (in the provider's own header
+    /// format, read by its adapter) pauses the account until the reset.
     fn learn_from_headers(&self, resp: &HttpResponse) {
-        if resp.header("x-ratelimit-remaining").map(str::trim) == Some("0")
-            && let Some(reset) = resp.header("x-ratelimit-reset").and_then(parse_reset)
-        {
+        if let Some(wait) = self.finder.as_ref().and_then(|f| f.quota_pause(resp)) {
             self.limiter
-                .pause_until(Instant::now() + reset.min(Duration::from_secs(3600)));
+                .pause_until(Instant::now() + wait.min(Duration::from_secs(3600)));
         }
     }
 
@@ -442,53 +441,9 @@ fn transport_error(e: &reqwest::Error, timeout: Duration) -> String {
     }
 }
 
-/// `x-ratelimit-reset`: seconds, a Unix time, or an RFC 3339 / RFC 2822 date.
-fn parse_reset(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    let now = chrono::Utc::now();
-    if let Ok(n) = v.parse::<i64>() {
-        return if n > 1_000_000_000 {
-            Some(Duration::from_secs(
-                u64::try_from(n - now.timestamp()).unwrap_or(0),
-            ))
-        } else {
-            u64::try_from(n).ok().map(Duration::from_secs)
-        };
-    }
-    let at = chrono::DateTime::parse_from_rfc3339(v)
-        .or_else(|_| chrono::DateTime::parse_from_rfc2822(v))
-        .ok()?;
-    Some(Duration::from_millis(
-        u64::try_from((at.with_timezone(&chrono::Utc) - now).num_milliseconds()).unwrap_or(0),
-    ))
-}
-
-/// `Retry-After`: seconds or an HTTP date.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(s) = v.parse::<f64>() {
-        return (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let ms = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
-    Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_in_seconds_or_as_a_date() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(parse_reset("30"), Some(Duration::from_secs(30)));
-        assert!(parse_reset("2000-01-01T00:00:00Z").is_some_and(|d| d.is_zero()));
-    }
 
     #[test]
     fn what_is_retried() {

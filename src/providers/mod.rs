@@ -193,6 +193,12 @@ pub trait Finder: Send + Sync + 'static {
             ),
         ))
     }
+    /// When an answer says the account's quota is used up (e.g. a remaining
+    /// count of zero in the provider's own header format), how long until it
+    /// resets: the engine then holds every request to this account.
+    fn quota_pause(&self, _resp: &HttpResponse) -> Option<std::time::Duration> {
+        None
+    }
     /// Authenticates a callback delivery (signature over the raw body) and
     /// says which job it belongs to. Nothing may be trusted before this passes.
     fn authenticate_callback(

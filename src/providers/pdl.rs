@@ -239,6 +239,19 @@ fn parse_date_ms(s: &str) -> Option<i64> {
     None
 }
 
+/// `x-ratelimit-remaining` at zero: a plain count, or PDL's JSON object of
+/// per-window counts (`{"minute": 0}`) where any window at zero counts.
+fn quota_exhausted(resp: &HttpResponse) -> bool {
+    let Some(raw) = resp.header("x-ratelimit-remaining").map(str::trim) else {
+        return false;
+    };
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(m)) => m.values().any(|v| v.as_f64() == Some(0.0)),
+        Ok(v) => v.as_f64() == Some(0.0),
+        Err(_) => raw == "0",
+    }
+}
+
 impl Finder for Pdl {
     fn id(&self) -> &str {
         &self.id
@@ -293,6 +306,10 @@ impl Finder for Pdl {
 
     fn classify_find(&self, items: &[FindItem<'_>], resp: &HttpResponse) -> BatchOutcome {
         BatchOutcome::All(self.classify(items.first(), resp))
+    }
+
+    fn quota_pause(&self, resp: &HttpResponse) -> Option<Duration> {
+        quota_exhausted(resp).then(|| reset_wait(resp)).flatten()
     }
 }
 
@@ -521,6 +538,21 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(rl(&[("x-ratelimit-reset", "soon"), date]), None);
+        let p = pdl();
+        let quota = |remaining: &str| {
+            p.quota_pause(&resp_h(
+                200,
+                &[
+                    ("x-ratelimit-remaining", remaining),
+                    ("x-ratelimit-reset", "12"),
+                ],
+                "{}",
+            ))
+        };
+        assert_eq!(quota(r#"{"minute":0}"#), Some(Duration::from_secs(12)));
+        assert_eq!(quota("0"), Some(Duration::from_secs(12)));
+        assert_eq!(quota(r#"{"minute":5}"#), None);
+        assert_eq!(quota("garbage"), None);
         assert_eq!(
             rl(&[("x-ratelimit-reset", "3"), ("retry-after", "7")]),
             Some(Duration::from_secs(7))
