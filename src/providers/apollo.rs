@@ -45,11 +45,6 @@ pub struct Apollo {
     supplies: ChannelSet,
 }
 
-fn has_name(id: &Identity) -> bool {
-    (filled(&id.first_name).is_some() && filled(&id.last_name).is_some())
-        || filled(&id.full_name).is_some()
-}
-
 impl Apollo {
     pub fn new(account: &Account) -> Result<Self, BuildError> {
         util::check_base_url(account)?;
@@ -222,10 +217,7 @@ impl Finder for Apollo {
     }
 
     fn accepts(&self, id: &Identity) -> bool {
-        filled(&id.linkedin_url).is_some()
-            || filled(&id.email).is_some()
-            || (has_name(id)
-                && (filled(&id.domain).is_some() || filled(&id.company_name).is_some()))
+        util::profile_email_or_name_and_company(id)
     }
 
     fn find_request(

@@ -45,6 +45,17 @@ pub(crate) fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The minimum of person-match APIs such as Apollo and PDL: a LinkedIn URL,
+/// an email, or a name (first and last, or full) with a company domain or
+/// name.
+pub(crate) fn profile_email_or_name_and_company(id: &Identity) -> bool {
+    let name = (filled(&id.first_name).is_some() && filled(&id.last_name).is_some())
+        || filled(&id.full_name).is_some();
+    filled(&id.linkedin_url).is_some()
+        || filled(&id.email).is_some()
+        || (name && (filled(&id.domain).is_some() || filled(&id.company_name).is_some()))
+}
+
 /// The one item of a single-record API, checked against the provider's
 /// minimum identity (`accepts`).
 pub(crate) fn single_item<'i, 'a>(
