@@ -45,6 +45,8 @@ pub struct LeadReport {
     /// Provider requests made for this lead (retries included).
     pub provider_calls: u32,
     pub credits: i64,
+    /// What providers billed for this lead, per account (milli-credits).
+    pub provider_spend_milli: BTreeMap<String, MilliCredits>,
 }
 
 /// Per provider account.

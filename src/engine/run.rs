@@ -250,11 +250,9 @@ impl Engine {
                 );
             }
         }
-        for entry in self.store.spend(wid).await? {
-            if entry.key.starts_with(&run_id)
-                && let Some(t) = providers.get_mut(&entry.account)
-            {
-                t.spend_milli += entry.amount;
+        for (account, amount) in reports.iter().flat_map(|l| l.provider_spend_milli.iter()) {
+            if let Some(t) = providers.get_mut(account) {
+                t.spend_milli += amount;
             }
         }
         for f in reports.iter().flat_map(|l| l.filled.iter()) {
@@ -296,6 +294,7 @@ impl Engine {
             credits: 0,
             fresh: p.fresh,
             invalidated: ChannelSet::EMPTY,
+            spent: BTreeMap::new(),
             seq: 0,
         };
 
@@ -475,6 +474,7 @@ impl Engine {
             unfilled,
             provider_calls: lead.calls,
             credits: lead.credits,
+            provider_spend_milli: lead.spent,
         })
     }
 
@@ -574,10 +574,9 @@ impl Engine {
                     }
                 }
                 if spend != 0 {
-                    money.push(spend_op(
+                    money.push(lead.spend_op(
                         ctx,
                         p,
-                        lead.seq,
                         &provider,
                         account,
                         spend,
@@ -634,16 +633,7 @@ impl Engine {
                 };
                 if attempt_cost != 0 {
                     let detail = format!("find {channels}: {kind}");
-                    let op = spend_op(
-                        ctx,
-                        p,
-                        lead.seq,
-                        &provider,
-                        account,
-                        attempt_cost,
-                        detail,
-                        now,
-                    );
+                    let op = lead.spend_op(ctx, p, &provider, account, attempt_cost, detail, now);
                     self.writer.write(&ws.id, vec![op]).await?;
                 }
                 for c in channels.iter() {
@@ -796,10 +786,9 @@ impl Engine {
         };
         lead.seq += 1;
         if cost != 0 {
-            let op = spend_op(
+            let op = lead.spend_op(
                 ctx,
                 p,
-                lead.seq,
                 &provider,
                 client.id(),
                 cost,
@@ -816,28 +805,32 @@ impl Engine {
     }
 }
 
-/// A provider-spend row for the lead's `seq`-th call in this run (the key
-/// makes it idempotent if the same write is applied twice).
-#[allow(clippy::too_many_arguments)]
-fn spend_op(
-    ctx: &RunCtx,
-    p: &Prepared,
-    seq: u32,
-    provider: &str,
-    account: &str,
-    amount: MilliCredits,
-    detail: String,
-    at: UnixMillis,
-) -> WriteOp {
-    WriteOp::Spend(SpendEntry {
-        key: format!("{}:{}:{}:{}", ctx.run_id, account, p.lead.id, seq),
-        provider: provider.to_string(),
-        account: account.to_string(),
-        lead_id: Some(p.lead.id.clone()),
-        amount,
-        detail,
-        at,
-    })
+impl LeadRun {
+    /// A provider-spend row for the lead's current call in this run (the
+    /// key makes it idempotent if the same write is applied twice), counted
+    /// in the lead's spend per account.
+    #[allow(clippy::too_many_arguments)]
+    fn spend_op(
+        &mut self,
+        ctx: &RunCtx,
+        p: &Prepared,
+        provider: &str,
+        account: &str,
+        amount: MilliCredits,
+        detail: String,
+        at: UnixMillis,
+    ) -> WriteOp {
+        *self.spent.entry(account.to_string()).or_default() += amount;
+        WriteOp::Spend(SpendEntry {
+            key: format!("{}:{}:{}:{}", ctx.run_id, account, p.lead.id, self.seq),
+            provider: provider.to_string(),
+            account: account.to_string(),
+            lead_id: Some(p.lead.id.clone()),
+            amount,
+            detail,
+            at,
+        })
+    }
 }
 
 enum Verdict {
@@ -855,6 +848,8 @@ struct LeadRun {
     fresh: ChannelSet,
     /// Stale values the verifier now rejects.
     invalidated: ChannelSet,
+    /// Provider spend per account, milli-credits.
+    spent: BTreeMap<String, MilliCredits>,
     /// Provider calls made so far (spend keys).
     seq: u32,
 }
@@ -960,6 +955,7 @@ fn idle_report(p: &Prepared, reason: &str) -> LeadReport {
         unfilled: Vec::new(),
         provider_calls: 0,
         credits: 0,
+        provider_spend_milli: BTreeMap::new(),
     }
 }
 

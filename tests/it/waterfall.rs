@@ -149,6 +149,17 @@ async fn each_channel_is_filled_by_the_first_provider_holding_a_usable_value() {
     assert_eq!(ledger.len(), filled);
     let expected_credits: i64 = ledger.iter().map(|e| h.ws.prices.of(e.channel)).sum();
     assert_eq!(report.totals.credits_charged, expected_credits);
+    // The report's provider spend is the spend ledger's.
+    let spend = h.store.spend(&h.ws.id).await.expect("spend");
+    for acc in ["apollo", "prospeo", "pdl"] {
+        let ledger: i64 = spend
+            .iter()
+            .filter(|e| e.account == acc)
+            .map(|e| e.amount)
+            .sum();
+        assert!(ledger > 0, "{acc} billed nothing");
+        assert_eq!(report.providers[acc].spend_milli, ledger, "{acc}");
+    }
 }
 
 #[tokio::test]
