@@ -321,14 +321,15 @@ impl ProviderClient {
 
     /// Polls an async job.
     pub async fn poll(&self, job_id: &str, items: &[FindItem<'_>]) -> Exchange<BatchOutcome> {
-        let Some(req) = self.finder.as_ref().and_then(|f| f.poll_request(job_id)) else {
+        let Some((finder, req)) = self
+            .finder
+            .as_ref()
+            .and_then(|f| Some((f, f.poll_request(job_id)?)))
+        else {
             return not_sent(Classified::new(
                 ProviderOutcome::Transient,
                 format!("`{}` cannot be polled", self.account.id),
             ));
-        };
-        let Some(finder) = &self.finder else {
-            return not_sent(Classified::new(ProviderOutcome::Transient, "no finder"));
         };
         let ex = self
             .execute(
