@@ -266,6 +266,14 @@ impl Workspace {
             default_region: self.default_region.clone(),
         }
     }
+    /// The policy applied to a verifier's own verdict, which is final: an
+    /// unknown answer is not sent to the verifier again.
+    pub fn usability_without_verifier(&self) -> UsabilityPolicy {
+        UsabilityPolicy {
+            has_verifier: false,
+            ..self.usability()
+        }
+    }
     /// Every account the workspace may call, in first-use order.
     pub fn accounts(&self) -> Vec<String> {
         let mut seen = BTreeSet::new();

@@ -894,17 +894,6 @@ impl AttemptBase<'_> {
     }
 }
 
-impl Workspace {
-    /// The usability policy applied to a verifier's own verdict (which is
-    /// final: an unknown answer is not sent to the verifier again).
-    fn usability_without_verifier(&self) -> crate::core::usable::UsabilityPolicy {
-        crate::core::usable::UsabilityPolicy {
-            has_verifier: false,
-            ..self.usability()
-        }
-    }
-}
-
 fn status_word(c: &ValueCandidate) -> String {
     match &c.provider_status {
         Some(s) => format!("usable ({s})"),
