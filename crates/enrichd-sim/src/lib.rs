@@ -67,6 +67,13 @@
 //! `POST /_sim/faults` (a [`Fault`] as JSON), `DELETE /_sim/faults`, and `GET|PUT
 //! /_sim/credits` (`{"credits": n|null}`) outside the API prefix, for cross-process tests.
 //!
+//! ## HubSpot
+//! [`hubspot::start_hubspot`] serves a stateful simulated HubSpot portal (OAuth with PKCE and
+//! refresh, CRM v3 contacts/companies list, search, batch read/update, v4 associations, the
+//! Properties API, rolling rate limits, signed webhooks) over
+//! [`hubspot::HubSpotData::from_population`]; see the [`hubspot`] module. The `enrichd-sim`
+//! binary (`enrichd-sim hubspot --contacts N …`) runs it in its own process.
+//!
 //! ## How tests use it
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -87,6 +94,7 @@
 //! ```
 
 mod hash;
+pub mod hubspot;
 mod names;
 mod population;
 mod providers;
