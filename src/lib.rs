@@ -16,6 +16,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod crm;
+pub mod crypto;
 pub mod engine;
 pub mod providers;
 pub mod secret;

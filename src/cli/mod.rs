@@ -11,6 +11,7 @@ use crate::config::{ConfigError, EnvSecrets, Settings};
 use crate::engine::report::RunReport;
 use crate::engine::{Engine, EngineError, EngineOptions, RunOptions};
 
+mod crm;
 mod demo;
 pub mod input;
 pub mod output;
@@ -45,6 +46,12 @@ pub enum Command {
     Enrich(EnrichArgs),
     /// Run enrichd against local simulators of the providers, on a fresh SQLite file.
     Demo(demo::DemoArgs),
+    /// Connect a workspace to its CRM (OAuth in the browser, or a private-app token).
+    Connect(crm::ConnectArgs),
+    /// Pull changed leads from the CRM, enrich them and write the values back.
+    Sync(crm::SyncArgs),
+    /// Print a new master key for encrypting CRM tokens at rest.
+    Keygen,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +95,8 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
+    Crm(String),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -106,6 +115,9 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&cli.config).await,
         Command::Enrich(args) => enrich(&cli.config, args).await,
         Command::Demo(args) => demo::run(&cli.config, args).await,
+        Command::Connect(args) => crm::connect(&cli.config, args).await,
+        Command::Sync(args) => crm::sync(&cli.config, args).await,
+        Command::Keygen => crm::keygen(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

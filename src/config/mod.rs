@@ -20,7 +20,9 @@ use crate::core::usable::{CatchAllPolicy, UsabilityPolicy, country_code};
 use crate::providers::def::{Account, ConnectorDef, Limits, Role};
 use crate::secret::Secret;
 
+pub mod crm;
 mod error;
+pub mod mapping;
 pub use error::{ConfigError, Problem, line_of, parse_toml};
 
 /// Where secrets come from: the process environment, or a map (the demo and
@@ -61,6 +63,14 @@ struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     workspaces: Vec<RawWorkspace>,
+    #[serde(default)]
+    security: RawSecurity,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    master_key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -165,6 +175,7 @@ struct RawWorkspace {
     fields: IdentityFields,
     #[serde(default)]
     audiences: Vec<RawAudience>,
+    crm: Option<crm::RawCrm>,
 }
 
 fn yes() -> bool {
@@ -250,6 +261,8 @@ pub struct Workspace {
     pub budget: Option<Budget>,
     pub fields: IdentityFields,
     pub audiences: Vec<Audience>,
+    /// The CRM the workspace is connected to (none: leads come from files).
+    pub crm: Option<crm::CrmSettings>,
 }
 
 impl Workspace {
@@ -304,6 +317,11 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub accounts: BTreeMap<String, Arc<Account>>,
     pub workspaces: Vec<Arc<Workspace>>,
+    /// The environment variable holding the master key CRM tokens are
+    /// encrypted with (read when a connection is used, not at load).
+    pub master_key_env: String,
+    /// Its value, if set.
+    pub master_key: Option<Secret>,
 }
 
 impl Settings {
@@ -394,6 +412,11 @@ impl Validator {
         secrets: &dyn Secrets,
     ) -> Option<Settings> {
         let storage_url = self.storage(&raw.storage, dir, secrets);
+        let master_key_env = raw
+            .security
+            .master_key_env
+            .clone()
+            .unwrap_or_else(|| "ENRICHD_MASTER_KEY".into());
         let listen = raw
             .server
             .listen
@@ -441,7 +464,7 @@ impl Validator {
                     "give every workspace its own id",
                 );
             }
-            if let Some(ws) = self.workspace(&key, w, &accounts, base_prices) {
+            if let Some(ws) = self.workspace(&key, w, &accounts, base_prices, dir, secrets) {
                 workspaces.push(Arc::new(ws));
             }
         }
@@ -456,6 +479,8 @@ impl Validator {
             engine,
             accounts,
             workspaces,
+            master_key: secrets.get(&master_key_env).map(Secret::new),
+            master_key_env,
         })
     }
 
@@ -712,8 +737,13 @@ impl Validator {
         w: RawWorkspace,
         accounts: &BTreeMap<String, Arc<Account>>,
         base_prices: Prices,
+        dir: &Path,
+        secrets: &dyn Secrets,
     ) -> Option<Workspace> {
         let before = self.problems.len();
+        let crm = w
+            .crm
+            .map(|c| self.crm(&format!("{key}.crm"), c, dir, secrets));
         if w.id.is_empty()
             || !w
                 .id
@@ -864,6 +894,7 @@ impl Validator {
             budget,
             fields: w.fields,
             audiences,
+            crm: crm.flatten(),
         })
     }
 

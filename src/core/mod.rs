@@ -6,6 +6,7 @@ pub mod audience;
 pub mod channel;
 pub mod lead;
 pub mod ledger;
+pub mod mapping;
 pub mod outcome;
 pub mod plan;
 pub mod status;

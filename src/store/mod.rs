@@ -19,6 +19,7 @@ use crate::core::lead::{Lead, LeadId, WorkspaceId};
 use crate::core::outcome::{MilliCredits, OutcomeKind};
 use crate::core::value::{ChannelValue, UnixMillis};
 
+pub mod crm;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -317,7 +318,7 @@ pub struct Totals {
 }
 
 /// Durable state. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
-pub trait Store: Send + Sync + 'static {
+pub trait Store: crm::CrmStore + Send + Sync + 'static {
     /// Applies the embedded migrations (idempotent; safe for replicas
     /// starting together on PostgreSQL).
     fn migrate(&self) -> StoreFuture<'_, ()>;

@@ -229,7 +229,7 @@ VALUES ($1, $2, $3, $3, $4, 'open', $5,
 RETURNING id";
 
 pub struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 impl PgStore {

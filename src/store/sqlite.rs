@@ -204,9 +204,9 @@ RETURNING id";
 
 pub struct SqliteStore {
     /// Readers (WAL: they run alongside the writer).
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     /// Exactly one connection: every write transaction goes through it.
-    writer: SqlitePool,
+    pub(crate) writer: SqlitePool,
 }
 
 impl SqliteStore {

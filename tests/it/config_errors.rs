@@ -174,6 +174,8 @@ fn check_exits_non_zero_and_names_the_file_and_key() {
         "FULLENRICH_API_KEY",
         "PROSPEO_API_KEY",
         "ZEROBOUNCE_API_KEY",
+        "HUBSPOT_CLIENT_ID",
+        "HUBSPOT_CLIENT_SECRET",
     ] {
         cmd.env(var, "k");
     }

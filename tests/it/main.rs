@@ -7,6 +7,7 @@ mod db;
 mod exactly_once;
 mod failures;
 mod fullenrich;
+mod hubspot;
 mod misc;
 mod store;
 mod support;

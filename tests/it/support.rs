@@ -11,9 +11,11 @@ use enrichd::clock::SystemClock;
 use enrichd::config::{Settings, Workspace};
 use enrichd::core::channel::Channel;
 use enrichd::core::lead::{Lead, LeadId};
+use enrichd::crm::hubspot::sync::HubSpot;
 use enrichd::engine::report::RunReport;
 use enrichd::engine::{Engine, EngineOptions};
 use enrichd::store::Store;
+use enrichd_sim::hubspot::{HubSpotData, HubSpotOptions, HubSpotSim, start_hubspot};
 use enrichd_sim::{Knowledge, Population, ProviderKind, SimChannel, SimOptions, SimServer, Word};
 
 /// Account limits far above anything a test sends.
@@ -43,7 +45,24 @@ pub struct HarnessBuilder {
     callbacks: bool,
     store_url: Option<String>,
     connector_files: Vec<(String, String)>,
+    hubspot: Option<HubSpotSpec>,
 }
+
+/// A HubSpot simulator seeded from the population, and the workspace's
+/// `[workspaces.crm]` pointing at it.
+pub struct HubSpotSpec {
+    pub opts: HubSpotOptions,
+    /// Share of contacts that already carry their work email in `email`.
+    pub email_share: f64,
+    /// Extra lines for `[workspaces.crm]`.
+    pub crm_extra: String,
+    /// mappings/hubspot.toml text (default: the shipped file).
+    pub mapping: Option<String>,
+}
+
+/// The master key tests seal tokens with.
+pub const TEST_MASTER_KEY: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 impl HarnessBuilder {
     pub fn new(size: usize) -> Self {
@@ -55,7 +74,15 @@ impl HarnessBuilder {
             callbacks: false,
             store_url: None,
             connector_files: Vec::new(),
+            hubspot: None,
         }
+    }
+
+    /// A HubSpot simulator and the workspace connected to it (not yet
+    /// authorised: call `Harness::connect_hubspot`).
+    pub fn hubspot(mut self, spec: HubSpotSpec) -> Self {
+        self.hubspot = Some(spec);
+        self
     }
 
     /// A provider account named `account` backed by a simulator.
@@ -165,8 +192,52 @@ impl HarnessBuilder {
             ));
             sims.insert(p.account, sim);
         }
+        let mut hubspot = None;
+        let mut workspace = self.workspace.clone();
+        if let Some(spec) = self.hubspot {
+            let base_ms = chrono::Utc::now().timestamp_millis() - 2 * 86_400_000;
+            let data = HubSpotData::from_population(&population, base_ms, spec.email_share);
+            let sim = start_hubspot(data, spec.opts)
+                .await
+                .expect("start HubSpot simulator");
+            secrets.insert("HS_CLIENT_ID".into(), sim.options().client_id.clone());
+            secrets.insert(
+                "HS_CLIENT_SECRET".into(),
+                sim.options().client_secret.clone(),
+            );
+            if let Some(t) = &sim.options().private_app_token {
+                secrets.insert("HS_PRIVATE_APP_TOKEN".into(), t.clone());
+            }
+            secrets.insert("TEST_MASTER_KEY".into(), TEST_MASTER_KEY.into());
+            let mdir = dir.path().join("mappings");
+            std::fs::create_dir_all(&mdir).expect("mappings dir");
+            let mapping = spec.mapping.clone().unwrap_or_else(|| {
+                std::fs::read_to_string(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/hubspot.toml"),
+                )
+                .expect("shipped mapping")
+            });
+            std::fs::write(mdir.join("hubspot.toml"), mapping).expect("write mapping");
+            let mut crm = format!(
+                "\n[workspaces.crm]\nkind = \"hubspot\"\nauth_url = \"{u}\"\napi_url = \"{u}\"\n\
+                 redirect_uri = \"http://127.0.0.1:0/oauth/callback\"\ntimeout_secs = 5\nmax_retries = 3\n",
+                u = sim.base_url()
+            );
+            if !spec.crm_extra.contains("private_app_token_env") {
+                crm.push_str(
+                    "client_id_env = \"HS_CLIENT_ID\"\nclient_secret_env = \"HS_CLIENT_SECRET\"\n",
+                );
+            }
+            if !spec.crm_extra.contains("limits") {
+                crm.push_str("limits = { ten_secondly = 1000000, search_per_second = 100000 }\n");
+            }
+            crm.push_str(&spec.crm_extra);
+            workspace.push_str(&crm);
+            toml.push_str("[security]\nmaster_key_env = \"TEST_MASTER_KEY\"\n\n");
+            hubspot = Some(sim);
+        }
         let prefix = toml.clone();
-        toml.push_str(&format!("[[workspaces]]\nid = \"t\"\n{}\n", self.workspace));
+        toml.push_str(&format!("[[workspaces]]\nid = \"t\"\n{}\n", workspace));
         if !self.connector_files.is_empty() {
             let cdir = dir.path().join("connectors");
             std::fs::create_dir_all(&cdir).expect("connectors dir");
@@ -226,6 +297,7 @@ impl HarnessBuilder {
             config_path: path,
             config_prefix: prefix,
             secrets,
+            hubspot,
             _dir: dir,
         }
     }
@@ -243,6 +315,7 @@ pub struct Harness {
     config_prefix: String,
     /// Environment variable → API key, as the config names them.
     pub secrets: BTreeMap<String, String>,
+    pub hubspot: Option<HubSpotSim>,
     _dir: tempfile::TempDir,
 }
 
@@ -328,6 +401,59 @@ impl Harness {
             .expect("engine"),
         );
         (settings.workspace("t").expect("workspace").clone(), engine)
+    }
+
+    pub fn hs(&self) -> &HubSpotSim {
+        self.hubspot
+            .as_ref()
+            .expect("harness has a HubSpot simulator")
+    }
+
+    /// The workspace's HubSpot connector (a fresh one: its own client,
+    /// limiter and token cache, like a new process).
+    pub fn hub(&self) -> HubSpot {
+        HubSpot::open(
+            &self.settings,
+            &self.ws,
+            self.store.clone(),
+            Arc::new(SystemClock),
+        )
+        .expect("open HubSpot")
+        .expect("workspace has HubSpot")
+    }
+
+    /// Runs the real connect flow; the browser step follows the authorize
+    /// redirect to enrichd's loopback callback.
+    pub async fn connect_hubspot(&self) -> enrichd::crm::hubspot::auth::Connected {
+        let Some(enrichd::config::crm::CrmSettings::HubSpot(h)) = &self.ws.crm else {
+            panic!("workspace has no HubSpot");
+        };
+        let cipher =
+            enrichd::crypto::TokenCipher::from_key_text("TEST_MASTER_KEY", TEST_MASTER_KEY)
+                .expect("cipher");
+        let http = reqwest::Client::new();
+        enrichd::crm::hubspot::auth::connect(
+            &enrichd::crm::hubspot::auth::ConnectContext {
+                ws: &self.ws.id,
+                settings: h,
+                store: &self.store,
+                cipher: Some(&cipher),
+                clock: &SystemClock,
+                http: &http,
+                wait: Duration::from_secs(10),
+            },
+            |url: String| async move {
+                let browser = reqwest::Client::new();
+                let page = browser.get(&url).send().await.expect("browser");
+                assert!(
+                    page.status().is_success(),
+                    "callback page: {}",
+                    page.status()
+                );
+            },
+        )
+        .await
+        .expect("connect")
     }
 
     /// A second engine on the same store and settings (another process's view).
