@@ -125,6 +125,28 @@ impl Default for IdentityFields {
     }
 }
 
+impl IdentityFields {
+    /// Every configured field name (blank ones left out).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.first_name,
+            &self.last_name,
+            &self.full_name,
+            &self.company_domain,
+            &self.company_name,
+            &self.linkedin_url,
+            &self.email,
+            &self.job_title,
+            &self.country,
+            &self.phone,
+            &self.icp_score,
+        ]
+        .into_iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+    }
+}
+
 /// What providers are asked with. Built from a lead by [`Identity::from_lead`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Identity {

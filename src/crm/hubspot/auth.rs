@@ -198,6 +198,22 @@ fn aad(ws: &WorkspaceId, account: &str, kind: &str) -> String {
     format!("oauth:{CRM}:{ws}:{account}:{kind}")
 }
 
+/// Opens a sealed token of the row (`kind`: access or refresh).
+fn open_token(
+    cipher: &TokenCipher,
+    ws: &WorkspaceId,
+    account: &str,
+    sealed: &str,
+    kind: &str,
+) -> Result<Secret, HubSpotError> {
+    cipher
+        .open(sealed, &aad(ws, account, kind))
+        .map_err(|e| HubSpotError::Auth {
+            message: format!("cannot decrypt the stored HubSpot {kind} token: {e}"),
+            hint: "use the master key the tokens were sealed with, or run `enrichd connect hubspot` again".into(),
+        })
+}
+
 /// Seals a token response into a connection row (the returned refresh token
 /// replaces the stored one; when HubSpot returns none, the old one stays).
 pub fn sealed_row(
@@ -327,12 +343,7 @@ impl Tokens {
         if let (Some(sealed), Some(exp)) = (&row.sealed_access, row.expires_at)
             && exp - margin > now
         {
-            let access = cipher
-                .open(sealed, &aad(&self.ws, &row.account, "access"))
-                .map_err(|e| HubSpotError::Auth {
-                    message: format!("cannot decrypt the stored HubSpot access token: {e}"),
-                    hint: "use the master key the tokens were sealed with, or run `enrichd connect hubspot` again".into(),
-                })?;
+            let access = open_token(cipher, &self.ws, &row.account, sealed, "access")?;
             if stale != Some(&access) {
                 *cached = Some(Cached {
                     access: access.clone(),
@@ -371,12 +382,7 @@ impl Tokens {
                     workspace: self.ws.clone(),
                     reason: "no refresh token is stored".into(),
                 })?;
-        let refresh = cipher
-            .open(sealed, &aad(&self.ws, &row.account, "refresh"))
-            .map_err(|e| HubSpotError::Auth {
-                message: format!("cannot decrypt the stored HubSpot refresh token: {e}"),
-                hint: "use the master key the tokens were sealed with, or run `enrichd connect hubspot` again".into(),
-            })?;
+        let refresh = open_token(cipher, &self.ws, &row.account, sealed, "refresh")?;
         let url = self.settings.token_url();
         let form = [
             ("grant_type", "refresh_token"),

@@ -48,6 +48,10 @@ pub const BATCH: usize = 100;
 const SEARCH_IN_FLIGHT: usize = 2;
 
 pub const OBJECT: &str = "contacts";
+/// HubSpot's read-only contact property holding the primary associated
+/// company's id. When an answer carries it (even as null) no association
+/// call is needed; when it does not, the v4 association batch read is used.
+pub const PRIMARY_COMPANY: &str = "associatedcompanyid";
 
 /// A contact as read, before company fields are merged in.
 #[derive(Debug, Clone)]
@@ -98,6 +102,36 @@ struct Meet {
     done: bool,
 }
 
+/// Pages waiting for their companies, and the companies still to read.
+#[derive(Default)]
+struct Companies {
+    pages: Vec<Vec<RawContact>>,
+    unknown: BTreeSet<String>,
+}
+
+/// Pages held back at most to fill company batch reads (memory stays flat).
+const MAX_PARKED_PAGES: usize = 8;
+/// Fetched pages waiting for their companies.
+const RESOLVE_QUEUE: usize = 8;
+
+type Pages = tokio::sync::mpsc::Sender<Vec<RawContact>>;
+
+async fn send(out: &Pages, kept: Vec<RawContact>) -> Result<(), HubSpotError> {
+    if kept.is_empty() {
+        return Ok(());
+    }
+    out.send(kept).await.map_err(|_| HubSpotError::Transport {
+        endpoint: "pull".into(),
+        message: "reading companies stopped (see the error before this one)".into(),
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    List,
+    Search,
+}
+
 fn id_num(id: &str) -> u64 {
     id.parse().unwrap_or(0)
 }
@@ -107,22 +141,7 @@ impl Puller {
     /// configured extras, and the sync cursor fields.
     pub fn properties(&self) -> Vec<String> {
         let f = &self.ws.fields;
-        let mut set: BTreeSet<String> = [
-            &f.first_name,
-            &f.last_name,
-            &f.full_name,
-            &f.company_name,
-            &f.linkedin_url,
-            &f.email,
-            &f.job_title,
-            &f.country,
-            &f.phone,
-            &f.icp_score,
-        ]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .collect();
+        let mut set: BTreeSet<String> = f.names().map(String::from).collect();
         for a in &self.ws.audiences {
             for c in &a.conditions {
                 set.insert(c.field.clone());
@@ -138,6 +157,8 @@ impl Puller {
         }
         set.insert("hs_object_id".into());
         set.insert("lastmodifieddate".into());
+        // The primary company's id: the association, without a v4 call.
+        set.insert(PRIMARY_COMPANY.into());
         // Company fields come from the company record.
         set.remove(&f.company_domain);
         set.into_iter().collect()
@@ -178,6 +199,24 @@ impl Puller {
         meet: &Mutex<Meet>,
         report: &Mutex<PullReport>,
         sink: &dyn PageSink,
+    ) -> Result<(), HubSpotError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(RESOLVE_QUEUE);
+        let fetch = async {
+            let r = self.list_pages(props, meet, report, &tx).await;
+            drop(tx);
+            r
+        };
+        let (fetched, resolved) = tokio::join!(fetch, self.resolve(rx, report, sink));
+        resolved?;
+        fetched
+    }
+
+    async fn list_pages(
+        &self,
+        props: &[String],
+        meet: &Mutex<Meet>,
+        report: &Mutex<PullReport>,
+        out: &Pages,
     ) -> Result<(), HubSpotError> {
         let mut after: Option<String> = None;
         loop {
@@ -220,16 +259,8 @@ impl Puller {
                 }
                 (kept, finished)
             };
-            {
-                let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
-                r.pages += 1;
-                r.from_list += kept.len() as u64;
-                r.contacts += kept.len() as u64;
-            }
-            if !kept.is_empty() {
-                let leads = self.with_companies(kept, report).await?;
-                sink.page(leads).await?;
-            }
+            self.count(&kept, Side::List, report);
+            send(out, kept).await?;
             if finished {
                 return Ok(());
             }
@@ -243,6 +274,24 @@ impl Puller {
         meet: &Mutex<Meet>,
         report: &Mutex<PullReport>,
         sink: &dyn PageSink,
+    ) -> Result<(), HubSpotError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(RESOLVE_QUEUE);
+        let fetch = async {
+            let r = self.search_pages(props, meet, report, &tx).await;
+            drop(tx);
+            r
+        };
+        let (fetched, resolved) = tokio::join!(fetch, self.resolve(rx, report, sink));
+        resolved?;
+        fetched
+    }
+
+    async fn search_pages(
+        &self,
+        props: &[String],
+        meet: &Mutex<Meet>,
+        report: &Mutex<PullReport>,
+        out: &Pages,
     ) -> Result<(), HubSpotError> {
         // Each query: ids below the lowest kept so far, descending.
         let mut below: Option<u64> = None;
@@ -306,16 +355,8 @@ impl Puller {
                         }
                         (kept, finished)
                     };
-                    {
-                        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
-                        r.pages += 1;
-                        r.from_search += kept.len() as u64;
-                        r.contacts += kept.len() as u64;
-                    }
-                    if !kept.is_empty() {
-                        let leads = self.with_companies(kept, report).await?;
-                        sink.page(leads).await?;
-                    }
+                    self.count(&kept, Side::Search, report);
+                    send(out, kept).await?;
                     if finished {
                         return Ok(());
                     }
@@ -340,6 +381,69 @@ impl Puller {
                 .unwrap_or_else(|e| e.into_inner())
                 .search_restarts += 1;
         }
+    }
+
+    /// Counts a backfill page.
+    fn count(&self, kept: &[RawContact], side: Side, report: &Mutex<PullReport>) {
+        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+        r.pages += 1;
+        match side {
+            Side::List => r.from_list += kept.len() as u64,
+            Side::Search => r.from_search += kept.len() as u64,
+        }
+        r.contacts += kept.len() as u64;
+    }
+
+    /// Resolves companies for the pages one side fetched, while it goes on
+    /// fetching: whatever pages queued up meanwhile share one association
+    /// read (up to 1,000 contacts), company reads go out in full batches,
+    /// and ready pages go to the sink.
+    async fn resolve(
+        &self,
+        mut rx: tokio::sync::mpsc::Receiver<Vec<RawContact>>,
+        report: &Mutex<PullReport>,
+        sink: &dyn PageSink,
+    ) -> Result<(), HubSpotError> {
+        let mut q = Companies::default();
+        while let Some(first) = rx.recv().await {
+            let mut n = first.len();
+            let mut pages = vec![first];
+            while n < ASSOC_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        n += p.len();
+                        pages.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let r = async {
+                self.park(&mut q, pages).await?;
+                self.hand_on(&mut q, false, report, sink).await
+            }
+            .await;
+            if let Err(e) = r {
+                // The fetch side stops at its next send.
+                rx.close();
+                return Err(e);
+            }
+        }
+        self.hand_on(&mut q, true, report, sink).await
+    }
+
+    async fn hand_on(
+        &self,
+        q: &mut Companies,
+        flush: bool,
+        report: &Mutex<PullReport>,
+        sink: &dyn PageSink,
+    ) -> Result<(), HubSpotError> {
+        for leads in self.release(q, flush, report).await? {
+            if !leads.is_empty() {
+                sink.page(leads).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads contacts changed since the watermark (minus the lookback).
@@ -479,15 +583,29 @@ impl Puller {
         Ok(out)
     }
 
-    /// Resolves each contact's company (associations when unknown, then the
-    /// cache or batch reads) and returns the leads with company fields.
+    /// Resolves each contact's company now (associations when unknown,
+    /// then the cache or batch reads) and returns the leads.
     async fn with_companies(
         &self,
-        mut contacts: Vec<RawContact>,
+        contacts: Vec<RawContact>,
         report: &Mutex<PullReport>,
     ) -> Result<Vec<Lead>, HubSpotError> {
-        let unknown: Vec<String> = contacts
+        let mut q = Companies::default();
+        self.park(&mut q, vec![contacts]).await?;
+        Ok(self.release(&mut q, true, report).await?.concat())
+    }
+
+    /// Finds each contact's company id (a v4 association batch read for
+    /// those the answer did not carry) and parks the contacts in `q` with
+    /// the companies still to read.
+    async fn park(
+        &self,
+        q: &mut Companies,
+        mut pages: Vec<Vec<RawContact>>,
+    ) -> Result<(), HubSpotError> {
+        let unknown: Vec<String> = pages
             .iter()
+            .flatten()
             .filter(|c| c.company.is_none())
             .map(|c| c.id.clone())
             .collect();
@@ -520,100 +638,143 @@ impl Puller {
                     }
                 }
             }
-            for c in &mut contacts {
+            for c in pages.iter_mut().flatten() {
                 if c.company.is_none() {
                     c.company = Some(found.get(&c.id).cloned());
                 }
             }
         }
-        let ids: Vec<String> = contacts
+        let ids: Vec<String> = pages
             .iter()
+            .flatten()
             .filter_map(|c| c.company.clone().flatten())
+            .filter(|id| !q.unknown.contains(id))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
         let now = self.clock.now();
-        let mut companies = self.store.companies(&self.ws.id, CRM, &ids).await?;
+        let cached = self.store.companies(&self.ws.id, CRM, &ids).await?;
         let ttl = self.company_ttl_ms();
-        let stale: Vec<String> = ids
+        q.unknown.extend(
+            ids.into_iter()
+                .filter(|id| cached.get(id).is_none_or(|c| now - c.fetched_at > ttl)),
+        );
+        q.pages.extend(pages);
+        Ok(())
+    }
+
+    /// Reads parked companies in full batches of 100 and returns the pages
+    /// whose companies are all known. With `flush`, or when too many pages
+    /// wait, the last partial batch is read too and every page released.
+    async fn release(
+        &self,
+        q: &mut Companies,
+        flush: bool,
+        report: &Mutex<PullReport>,
+    ) -> Result<Vec<Vec<Lead>>, HubSpotError> {
+        let flush = flush || q.pages.len() >= MAX_PARKED_PAGES;
+        while q.unknown.len() >= BATCH || flush && !q.unknown.is_empty() {
+            let chunk: Vec<String> = q.unknown.iter().take(BATCH).cloned().collect();
+            for id in &chunk {
+                q.unknown.remove(id);
+            }
+            self.read_companies(&chunk, report).await?;
+        }
+        if !q.unknown.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pages = std::mem::take(&mut q.pages);
+        let ids: Vec<String> = pages
             .iter()
-            .filter(|id| companies.get(*id).is_none_or(|c| now - c.fetched_at > ttl))
-            .cloned()
+            .flatten()
+            .filter_map(|c| c.company.clone().flatten())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
-        for chunk in stale.chunks(BATCH) {
-            let body = json!({
-                "inputs": chunk.iter().map(|i| json!({"id": i})).collect::<Vec<_>>(),
-                "properties": ["name", "domain"],
-                "propertiesWithHistory": [],
-            });
-            let answer = self
-                .client
-                .call(
-                    BucketKind::General,
-                    Method::Post,
-                    "/crm/v3/objects/companies/batch/read?archived=false",
-                    Some(&body),
-                )
-                .await?;
-            let rows: Vec<CompanyRow> = answer
-                .body
-                .get("results")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|r| {
-                    let id = r.get("id").and_then(json_id)?;
-                    let prop = |k: &str| {
-                        r.pointer(&format!("/properties/{k}"))
-                            .and_then(Value::as_str)
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                    };
-                    Some(CompanyRow {
-                        company_id: id,
-                        name: prop("name"),
-                        domain: prop("domain"),
-                        fetched_at: now,
-                    })
+        let companies = self.store.companies(&self.ws.id, CRM, &ids).await?;
+        Ok(pages
+            .into_iter()
+            .map(|p| p.into_iter().map(|c| self.lead(c, &companies)).collect())
+            .collect())
+    }
+
+    /// One company batch read into the cache.
+    async fn read_companies(
+        &self,
+        ids: &[String],
+        report: &Mutex<PullReport>,
+    ) -> Result<(), HubSpotError> {
+        let now = self.clock.now();
+        let body = json!({
+            "inputs": ids.iter().map(|i| json!({"id": i})).collect::<Vec<_>>(),
+            "properties": ["name", "domain"],
+            "propertiesWithHistory": [],
+        });
+        let answer = self
+            .client
+            .call(
+                BucketKind::General,
+                Method::Post,
+                "/crm/v3/objects/companies/batch/read?archived=false",
+                Some(&body),
+            )
+            .await?;
+        let rows: Vec<CompanyRow> = answer
+            .body
+            .get("results")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let id = r.get("id").and_then(json_id)?;
+                let prop = |k: &str| {
+                    r.pointer(&format!("/properties/{k}"))
+                        .and_then(Value::as_str)
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                };
+                Some(CompanyRow {
+                    company_id: id,
+                    name: prop("name"),
+                    domain: prop("domain"),
+                    fetched_at: now,
                 })
-                .collect();
-            report
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .companies_read += rows.len() as u64;
-            self.store.upsert_companies(&self.ws.id, CRM, &rows).await?;
-            for r in rows {
-                companies.insert(r.company_id.clone(), r);
+            })
+            .collect();
+        report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .companies_read += rows.len() as u64;
+        self.store.upsert_companies(&self.ws.id, CRM, &rows).await?;
+        Ok(())
+    }
+
+    /// A contact as a lead, with its company's domain and name where the
+    /// contact has none.
+    fn lead(&self, c: RawContact, companies: &HashMap<String, CompanyRow>) -> Lead {
+        let f = &self.ws.fields;
+        let mut lead = Lead::new(c.id.clone());
+        for (k, v) in c.properties {
+            if !v.is_null() {
+                lead.fields.insert(k, v);
             }
         }
-        let f = &self.ws.fields;
-        Ok(contacts
-            .into_iter()
-            .map(|c| {
-                let mut lead = Lead::new(c.id.clone());
-                for (k, v) in c.properties {
-                    if !v.is_null() {
-                        lead.fields.insert(k, v);
-                    }
-                }
-                if let Some(co) = c.company.flatten().and_then(|id| companies.get(&id)) {
-                    if let Some(d) = &co.domain
-                        && lead.text(&f.company_domain).is_none()
-                    {
-                        lead.fields
-                            .insert(f.company_domain.clone(), Value::String(d.clone()));
-                    }
-                    if let Some(n) = &co.name
-                        && lead.text(&f.company_name).is_none()
-                    {
-                        lead.fields
-                            .insert(f.company_name.clone(), Value::String(n.clone()));
-                    }
-                }
-                lead
-            })
-            .collect())
+        if let Some(co) = c.company.flatten().and_then(|id| companies.get(&id)) {
+            if let Some(d) = &co.domain
+                && lead.text(&f.company_domain).is_none()
+            {
+                lead.fields
+                    .insert(f.company_domain.clone(), Value::String(d.clone()));
+            }
+            if let Some(n) = &co.name
+                && lead.text(&f.company_name).is_none()
+            {
+                lead.fields
+                    .insert(f.company_name.clone(), Value::String(n.clone()));
+            }
+        }
+        lead
     }
 
     /// Sync state as stored.
@@ -710,6 +871,9 @@ pub fn parse_results(
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
+        let from_property = properties
+            .get(PRIMARY_COMPANY)
+            .map(|v| json_id(v).filter(|s| !s.is_empty()));
         let company = inline_associations.then(|| {
             r.pointer("/associations/companies/results")
                 .and_then(Value::as_array)
@@ -725,7 +889,7 @@ pub fn parse_results(
         out.push(RawContact {
             id,
             properties,
-            company,
+            company: company.or(from_property),
         });
     }
     Ok(out)

@@ -533,22 +533,12 @@ impl HubSpot {
     /// Contact properties whose change can change what enrichment finds.
     pub fn input_properties(&self) -> BTreeSet<String> {
         let f = &self.ws.fields;
-        let mut set: BTreeSet<String> = [
-            &f.first_name,
-            &f.last_name,
-            &f.full_name,
-            &f.company_name,
-            &f.company_domain,
-            &f.linkedin_url,
-            &f.email,
-            &f.job_title,
-            &f.country,
-            &f.phone,
-        ]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .collect();
+        // The ICP score only orders work; it does not change what is found.
+        let mut set: BTreeSet<String> = f
+            .names()
+            .filter(|n| *n != f.icp_score)
+            .map(String::from)
+            .collect();
         for a in &self.ws.audiences {
             for c in &a.conditions {
                 set.insert(c.field.clone());
