@@ -986,3 +986,102 @@ async fn the_cli_connects_by_following_the_authorize_redirect_and_syncs() {
     assert_eq!(v["sync"]["pull"]["contacts"], 120);
     assert_eq!(v["sync"]["write"]["records_written"], 120);
 }
+
+const MAPS_A_MISSING_PROPERTY: &str = r#"
+crm = "hubspot"
+object = "contacts"
+[channels.work_email]
+field = "enrichment_work_email"
+source_field = "enrichment_work_email_source"
+[channels.linkedin_url]
+field = "no_such_linkedin_property"
+source_field = "enrichment_linkedin_url_source"
+[status]
+field = "enrichment_status"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_batch_400_names_the_missing_property_and_the_rest_is_written() {
+    let mut s = spec(HubSpotOptions::defaults().with_limits(HubSpotLimits::unlimited()));
+    s.mapping = Some(MAPS_A_MISSING_PROPERTY.into());
+    s.crm_extra = "create_properties = false\n".into();
+    let h = HarnessBuilder::new(150)
+        .provider_with("apollo", ProviderKind::Apollo, SimOptions::defaults(ProviderKind::Apollo).unlimited(), FAST_LIMITS)
+        .workspace("providers = [\"apollo\"]\n[[workspaces.audiences]]\nname = \"all\"\nchannels = [\"work_email\", \"linkedin_url\"]\n")
+        .hubspot(s)
+        .start()
+        .await;
+    h.connect_hubspot().await;
+    let hub = h.hub();
+    // The check refuses the mapping and names what is missing.
+    let err = hub.ensure_schema().await.expect_err("missing properties");
+    assert!(
+        err.to_string().contains("no_such_linkedin_property"),
+        "{err}"
+    );
+    // Create the other enrichd properties by hand (as an admin would), then
+    // write without the check: HubSpot itself refuses the batch.
+    let created = {
+        let Some(enrichd::config::crm::CrmSettings::HubSpot(hs)) = &h.ws.crm else {
+            unreachable!()
+        };
+        let mut m = (*hs.mapping).clone();
+        m.channels
+            .remove(&enrichd::core::channel::Channel::LinkedinUrl);
+        enrichd::crm::hubspot::schema::ensure(&hub.client, &m, true)
+            .await
+            .expect("create the rest")
+    };
+    assert!(!created.created.is_empty());
+    hub.sync(
+        Some(&h.engine),
+        SyncOptions {
+            full: false,
+            enrich: true,
+            write: false,
+        },
+    )
+    .await
+    .expect("enrich");
+    let ids = h.hs().contact_ids();
+    let leads = stored_leads(&h, &ids).await;
+    let (w, failures) = hub.write_leads(&leads).await.expect("write");
+    assert!(
+        w.missing_properties.contains("no_such_linkedin_property"),
+        "{w:?}"
+    );
+    assert!(w.records_written > 100, "{w:?}");
+    // LinkedIn values and their Source were dropped together and reported.
+    let mut linkedin_reported = 0;
+    for id in &ids {
+        let c = h.hs().contact(id).unwrap();
+        assert!(
+            c.get("enrichment_linkedin_url_source").is_none(),
+            "a Source without its value"
+        );
+        let stored = h
+            .store
+            .values(&h.ws.id, &enrichd::core::lead::LeadId(id.clone()))
+            .await
+            .unwrap();
+        if stored
+            .iter()
+            .any(|v| v.channel == enrichd::core::channel::Channel::LinkedinUrl)
+        {
+            linkedin_reported += 1;
+            assert!(
+                failures
+                    .iter()
+                    .any(|(l, why)| l == id && why.contains("no_such_linkedin_property")),
+                "contact {id} not reported"
+            );
+        }
+        if let Some(v) = stored
+            .iter()
+            .find(|v| v.channel == enrichd::core::channel::Channel::WorkEmail)
+        {
+            assert_eq!(c.get("enrichment_work_email"), Some(v.value.as_str()));
+        }
+    }
+    assert!(linkedin_reported > 0);
+}
