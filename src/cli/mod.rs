@@ -178,6 +178,20 @@ fn check(config: &Path) -> Result<(), CliError> {
             Some(b) => println!("  budget: {} credits per {:?}", b.credits, b.period),
             None => println!("  budget: unlimited"),
         }
+        if let Some(crate::config::crm::CrmSettings::HubSpot(h)) = &w.crm {
+            println!(
+                "  crm: hubspot at {} ({}) · limits {}/10s, {} searches/s · mapping {} ({} properties)",
+                h.api_url,
+                match h.auth {
+                    crate::config::crm::HubSpotAuth::OAuth { .. } => "OAuth app",
+                    crate::config::crm::HubSpotAuth::PrivateApp { .. } => "private app",
+                },
+                h.limits.ten_secondly,
+                h.limits.search_per_second,
+                h.mapping_file.display(),
+                h.mapping.fields().len()
+            );
+        }
     }
     Ok(())
 }

@@ -235,11 +235,11 @@ async fn incremental_sync_after_one_percent_changed_costs_calls_in_proportion() 
 async fn a_token_expiring_mid_sync_is_refreshed_without_losing_a_contact() {
     // Some latency, so the backfill is still reading when the tokens expire.
     let h = harness(
-        3_000,
+        6_000,
         spec(
             HubSpotOptions::defaults()
                 .with_limits(HubSpotLimits::unlimited())
-                .with_latency(Duration::from_millis(25)),
+                .with_latency(Duration::from_millis(100)),
         ),
     )
     .await;
@@ -249,10 +249,11 @@ async fn a_token_expiring_mid_sync_is_refreshed_without_losing_a_contact() {
     let sim = h.hs();
     let expired = Arc::new(Mutex::new(false));
     {
-        // Flag the third page; the expiry itself happens below, mid-backfill.
+        // Flag the first page; the expiry itself happens below, while the
+        // backfill (about 2.5 s of reading at 100 ms per call) is still reading.
         let flag = expired.clone();
         *sink.on_page.lock().unwrap() = Some(Box::new(move |n| {
-            if n == 3 {
+            if n == 1 {
                 *flag.lock().unwrap() = true;
             }
         }));
@@ -267,7 +268,7 @@ async fn a_token_expiring_mid_sync_is_refreshed_without_losing_a_contact() {
     };
     let (r, ()) = tokio::join!(run, expire);
     r.expect("backfill survives the expiry");
-    assert_eq!(sink.counts().len(), 3_000);
+    assert_eq!(sink.counts().len(), 6_000);
     // Both sides of the backfill hit the expiry; one refresh served them.
     assert_eq!(hub.client.tokens.refreshes(), 1);
     assert_eq!(
