@@ -180,8 +180,25 @@ async fn backfill_then_incremental_read_every_contact_once_despite_12000_equal_t
     let seen = sink.counts();
     assert_eq!(seen.len(), 25_000, "every contact");
     assert!(seen.values().all(|&n| n == 1), "none twice");
-    assert!(r.from_list > 0 && r.from_search > 0, "{r:?}");
+    assert!(
+        r.from_batch_read > 0 && r.from_search > 0,
+        "both paths read: {r:?}"
+    );
+    assert!(!r.fallback, "{r:?}");
     assert_eq!(r.contacts, 25_000);
+
+    // The id-range backfill (the fallback) also reads each contact once.
+    let sink = Collect::default();
+    let report = std::sync::Mutex::new(Default::default());
+    hub.puller()
+        .backfill_by_id(&sink, &report)
+        .await
+        .expect("by id");
+    let seen = sink.counts();
+    assert_eq!(seen.len(), 25_000);
+    assert!(seen.values().all(|&n| n == 1));
+    let r: enrichd::crm::hubspot::pull::PullReport = report.into_inner().unwrap();
+    assert!(r.from_list > 0 && r.from_search > 0, "{r:?}");
 
     // Now a bulk update after the backfill: 12,000 contacts, one timestamp.
     let now = chrono::Utc::now().timestamp_millis();
@@ -199,6 +216,30 @@ async fn backfill_then_incremental_read_every_contact_once_despite_12000_equal_t
     assert!(r.pages <= 62, "{r:?}");
     let state = hub.puller().state().await.unwrap();
     assert!(state.watermark.unwrap() <= chrono::Utc::now().timestamp_millis());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backfill_reads_contacts_without_a_company_too() {
+    let h = harness(
+        500,
+        spec(HubSpotOptions::defaults().with_limits(HubSpotLimits::unlimited())),
+    )
+    .await;
+    h.connect_hubspot().await;
+    let mut alone = Vec::new();
+    for i in 0..30 {
+        alone.push(h.hs().create_contact(
+            &[("firstname", "Solo"), ("lastname", &format!("Person{i}"))],
+            None,
+        ));
+    }
+    let sink = Collect::default();
+    let r = h.hub().puller().backfill(&sink).await.expect("backfill");
+    let seen = sink.counts();
+    assert_eq!(seen.len(), 530, "{r:?}");
+    assert!(seen.values().all(|&n| n == 1));
+    assert!(alone.iter().all(|id| seen.contains_key(id)));
+    assert!(!r.fallback, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

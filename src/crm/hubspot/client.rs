@@ -35,6 +35,10 @@ use super::limits::{Bucket, BucketKind, Daily};
 const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Headroom under HubSpot's limits (clock skew, network jitter).
 pub const HEADROOM: f64 = 0.98;
+/// The search window is one second: 2% of it (20 ms) is less than the
+/// jitter between taking a permit and the request arriving on a busy
+/// machine, so search keeps 5% (a 50 ms margin per window).
+pub const SEARCH_HEADROOM: f64 = 0.95;
 /// Rate-limit answers retried per call before giving up (each waits for the
 /// window, so this is minutes, not a hot loop).
 const MAX_RATE_LIMITED: u32 = 30;
@@ -118,7 +122,7 @@ impl HubSpotClient {
         let l = settings.limits;
         HubSpotClient {
             general: Bucket::new(l.ten_secondly, Duration::from_secs(10), HEADROOM),
-            search: Bucket::new(l.search_per_second, Duration::from_secs(1), HEADROOM),
+            search: Bucket::new(l.search_per_second, Duration::from_secs(1), SEARCH_HEADROOM),
             daily: Daily::new(l.daily),
             parked_until: Mutex::new(None),
             settings,

@@ -12,6 +12,7 @@ use crate::core::lead::WorkspaceId;
 use crate::store::StoreError;
 
 pub mod auth;
+pub mod backfill;
 pub mod client;
 pub mod limits;
 pub mod pull;

@@ -68,6 +68,10 @@ pub struct PullReport {
     pub contacts: u64,
     pub from_list: u64,
     pub from_search: u64,
+    /// Read by `batch/read` of ids found through company associations.
+    pub from_batch_read: u64,
+    /// The by-company backfill missed contacts and the id-range one ran too.
+    pub fallback: bool,
     pub search_restarts: u64,
     pub companies_read: u64,
     pub pages: u64,
@@ -90,6 +94,10 @@ pub struct Puller {
     pub store: Arc<dyn Store>,
     pub ws: Arc<Workspace>,
     pub clock: Arc<dyn Clock>,
+    /// Let the backfill read contacts with `batch/read` on the general
+    /// bucket as well as with search. Off when write-back shares the pass:
+    /// the general bucket is then the writes' (search alone reads).
+    pub batch_reads: bool,
 }
 
 /// Which side of the backfill keeps which ids.
@@ -164,22 +172,12 @@ impl Puller {
         set.into_iter().collect()
     }
 
-    /// Reads every contact (list ascending + search descending).
+    /// Reads every contact (see `backfill.rs`) and sets the watermark to
+    /// the backfill's start.
     pub async fn backfill(&self, sink: &dyn PageSink) -> Result<PullReport, HubSpotError> {
         let start = self.clock.now();
-        let props = self.properties();
-        let meet = Mutex::new(Meet {
-            list_ceiling: 0,
-            search_floor: u64::MAX,
-            done: false,
-        });
         let report = Mutex::new(PullReport::default());
-        let (l, s) = tokio::join!(
-            self.list_side(&props, &meet, &report, sink),
-            self.search_side(&props, &meet, &report, sink)
-        );
-        l?;
-        s?;
+        self.backfill_by_company(sink, &report).await?;
         let mut state = self.store.sync_state(&self.ws.id, CRM, OBJECT).await?;
         state.watermark = Some(start);
         state.backfill_done = true;
@@ -191,6 +189,27 @@ impl Puller {
         let mut r = report.into_inner().unwrap_or_else(|e| e.into_inner());
         r.watermark = Some(start);
         Ok(r)
+    }
+
+    /// Reads every contact by id range: the list API ascending and the
+    /// search API descending until they meet.
+    pub async fn backfill_by_id(
+        &self,
+        sink: &dyn PageSink,
+        report: &Mutex<PullReport>,
+    ) -> Result<(), HubSpotError> {
+        let props = self.properties();
+        let meet = Mutex::new(Meet {
+            list_ceiling: 0,
+            search_floor: u64::MAX,
+            done: false,
+        });
+        let (l, s) = tokio::join!(
+            self.list_side(&props, &meet, report, sink),
+            self.search_side(&props, &meet, report, sink)
+        );
+        l?;
+        s
     }
 
     async fn list_side(
@@ -752,7 +771,7 @@ impl Puller {
 
     /// A contact as a lead, with its company's domain and name where the
     /// contact has none.
-    fn lead(&self, c: RawContact, companies: &HashMap<String, CompanyRow>) -> Lead {
+    pub(super) fn lead(&self, c: RawContact, companies: &HashMap<String, CompanyRow>) -> Lead {
         let f = &self.ws.fields;
         let mut lead = Lead::new(c.id.clone());
         for (k, v) in c.properties {
@@ -817,11 +836,11 @@ where
     out
 }
 
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn json_id(v: &Value) -> Option<String> {
+pub(super) fn json_id(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
