@@ -16,8 +16,9 @@
 //! - contacts with no primary company come from one more search,
 //!   `associatedcompanyid NOT_HAS_PROPERTY`.
 //!
-//! When write-back shares the pass, the association path stays idle: the
-//! general bucket is the writes', and search alone reads.
+//! The batch reads take only general capacity nobody waits for
+//! (`BucketKind::GeneralSpare`): when write-back shares the pass, writes go
+//! first and search does more of the reading.
 //!
 //! A contact has at most one primary company, so each path reads a disjoint
 //! set; a seen-set drops any contact read twice (an association changed
@@ -81,13 +82,7 @@ impl Puller {
             drop(tx);
             r
         };
-        let by_association = async {
-            if self.batch_reads {
-                self.association_path(&props, &shared, &rx).await
-            } else {
-                Ok(())
-            }
-        };
+        let by_association = self.association_path(&props, &shared, &rx);
         let by_search = async {
             self.search_all(
                 vec![json!({"propertyName": PRIMARY_COMPANY, "operator": "NOT_HAS_PROPERTY"})],
@@ -271,7 +266,7 @@ impl Puller {
                 let answer = self
                     .client
                     .call(
-                        BucketKind::General,
+                        BucketKind::GeneralSpare,
                         Method::Post,
                         "/crm/v3/objects/contacts/batch/read?archived=false",
                         Some(&body),

@@ -194,6 +194,7 @@ impl HubSpotClient {
             }
             match bucket {
                 BucketKind::General => self.general.acquire().await,
+                BucketKind::GeneralSpare => self.general.acquire_spare().await,
                 BucketKind::Search => self.search.acquire().await,
                 BucketKind::Exempt => {}
             }
@@ -271,7 +272,7 @@ impl HubSpotClient {
         transient: u32,
         limited: u32,
     ) -> Verdict {
-        if bucket == BucketKind::General {
+        if matches!(bucket, BucketKind::General | BucketKind::GeneralSpare) {
             self.adapt(headers);
         }
         let retry_after = header_u64(headers, "retry-after").map(Duration::from_secs);

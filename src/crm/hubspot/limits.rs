@@ -31,6 +31,10 @@ pub enum BucketKind {
     Search,
     /// Exempt from the ten-secondly limit (v4 associations): daily only.
     Exempt,
+    /// The general bucket, yielding to every `General` caller waiting:
+    /// reads that only use capacity nobody else wants (the backfill's batch
+    /// reads while write-back is waiting for the bucket).
+    GeneralSpare,
 }
 
 /// One evenly spaced limit that can be changed while running.
@@ -41,6 +45,9 @@ pub struct Bucket {
     gcra: Mutex<Arc<Gcra>>,
     paused_until: Mutex<Option<Instant>>,
     waited_ms: AtomicU64,
+    /// Callers of [`Bucket::acquire`] waiting now; spare callers let them pass.
+    urgent: std::sync::atomic::AtomicUsize,
+    released: tokio::sync::Notify,
 }
 
 impl Bucket {
@@ -52,6 +59,8 @@ impl Bucket {
             gcra: Mutex::new(Arc::new(gcra(limit, window, headroom))),
             paused_until: Mutex::new(None),
             waited_ms: AtomicU64::new(0),
+            urgent: Default::default(),
+            released: tokio::sync::Notify::new(),
         }
     }
 
@@ -93,6 +102,27 @@ impl Bucket {
 
     /// Waits for the bucket (pauses included).
     pub async fn acquire(&self) {
+        self.urgent.fetch_add(1, Ordering::SeqCst);
+        self.take().await;
+        self.urgent.fetch_sub(1, Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+
+    /// Waits until no [`Bucket::acquire`] caller is waiting, then for the
+    /// bucket: capacity nobody else wants. (Approximate: a spare caller
+    /// already waiting on the limiter may take one slot before a newcomer.)
+    pub async fn acquire_spare(&self) {
+        loop {
+            let released = self.released.notified();
+            if self.urgent.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            released.await;
+        }
+        self.take().await;
+    }
+
+    async fn take(&self) {
         let start = Instant::now();
         loop {
             let pause = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,6 +225,30 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn spare_callers_let_waiting_callers_go_first() {
+        // 10 per second: a slot every 100 ms.
+        let b = std::sync::Arc::new(Bucket::new(10, Duration::from_secs(1), 1.0));
+        b.acquire().await;
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let urgent = {
+            let (b, o) = (b.clone(), order.clone());
+            tokio::spawn(async move {
+                for _ in 0..3 {
+                    b.acquire().await;
+                    o.lock().unwrap().push("urgent");
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        b.acquire_spare().await;
+        order.lock().unwrap().push("spare");
+        urgent.await.unwrap();
+        let o = order.lock().unwrap().clone();
+        assert_eq!(o.first(), Some(&"urgent"), "{o:?}");
+        assert!(o.iter().filter(|x| **x == "urgent").count() == 3);
     }
 
     #[test]

@@ -94,10 +94,6 @@ pub struct Puller {
     pub store: Arc<dyn Store>,
     pub ws: Arc<Workspace>,
     pub clock: Arc<dyn Clock>,
-    /// Let the backfill read contacts with `batch/read` on the general
-    /// bucket as well as with search. Off when write-back shares the pass:
-    /// the general bucket is then the writes' (search alone reads).
-    pub batch_reads: bool,
 }
 
 /// Which side of the backfill keeps which ids.

@@ -125,7 +125,6 @@ impl HubSpot {
             store: self.store.clone(),
             ws: self.ws.clone(),
             clock: self.clock.clone(),
-            batch_reads: true,
         }
     }
 
@@ -141,10 +140,7 @@ impl HubSpot {
         }
         let (tx, rx) = mpsc::channel::<Vec<Lead>>(QUEUE_PAGES);
         let sink = QueueSink(tx);
-        let puller = Puller {
-            batch_reads: !opts.write,
-            ..self.puller()
-        };
+        let puller = self.puller();
         let pull = async move {
             let state = puller.state().await?;
             let r = if opts.full || !state.backfill_done {
