@@ -40,8 +40,8 @@ use super::auth::CRM;
 use super::client::Method;
 use super::limits::BucketKind;
 use super::pull::{
-    ASSOC_BATCH, BATCH, PRIMARY_COMPANY, PageSink, PullReport, Puller, RawContact, SEARCH_CAP,
-    SEARCH_PAGE, enc, json_id, parse_results,
+    BATCH, PRIMARY_COMPANY, PageSink, PullReport, Puller, RawContact, SEARCH_CAP, SEARCH_PAGE, enc,
+    json_id, parse_results,
 };
 
 /// Companies per chunk handed to a path. Small, so the two paths finish
@@ -288,36 +288,17 @@ impl Puller {
     /// batch read, company → contact, association type 2 = Primary).
     async fn primary_contacts(&self, companies: &[String]) -> Result<Vec<String>, HubSpotError> {
         let mut out = Vec::new();
-        for chunk in companies.chunks(ASSOC_BATCH) {
-            let body =
-                json!({"inputs": chunk.iter().map(|i| json!({"id": i})).collect::<Vec<_>>()});
-            let answer = self
-                .client
-                .call(
-                    BucketKind::Exempt,
-                    Method::Post,
-                    "/crm/v4/associations/company/contact/batch/read",
-                    Some(&body),
-                )
-                .await?;
-            for r in answer
-                .body
-                .get("results")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                for t in r.get("to").and_then(Value::as_array).into_iter().flatten() {
-                    let primary = t
-                        .get("associationTypes")
-                        .and_then(Value::as_array)
-                        .is_some_and(|ts| {
-                            ts.iter()
-                                .any(|ty| ty.get("typeId").and_then(Value::as_u64) == Some(2))
-                        });
-                    if primary && let Some(id) = t.get("toObjectId").and_then(json_id) {
-                        out.push(id);
-                    }
+        for r in self.associations("company", "contact", companies).await? {
+            for t in r.get("to").and_then(Value::as_array).into_iter().flatten() {
+                let primary = t
+                    .get("associationTypes")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ts| {
+                        ts.iter()
+                            .any(|ty| ty.get("typeId").and_then(Value::as_u64) == Some(2))
+                    });
+                if primary && let Some(id) = t.get("toObjectId").and_then(json_id) {
+                    out.push(id);
                 }
             }
         }

@@ -626,31 +626,12 @@ impl Puller {
             .collect();
         if !unknown.is_empty() {
             let mut found: HashMap<String, String> = HashMap::new();
-            for chunk in unknown.chunks(ASSOC_BATCH) {
-                let body =
-                    json!({"inputs": chunk.iter().map(|i| json!({"id": i})).collect::<Vec<_>>()});
-                let answer = self
-                    .client
-                    .call(
-                        BucketKind::Exempt,
-                        Method::Post,
-                        "/crm/v4/associations/contact/company/batch/read",
-                        Some(&body),
-                    )
-                    .await?;
-                for r in answer
-                    .body
-                    .get("results")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let Some(from) = r.pointer("/from/id").and_then(json_id) else {
-                        continue;
-                    };
-                    if let Some(company) = primary_company(r.get("to")) {
-                        found.insert(from, company);
-                    }
+            for r in self.associations("contact", "company", &unknown).await? {
+                let Some(from) = r.pointer("/from/id").and_then(json_id) else {
+                    continue;
+                };
+                if let Some(company) = primary_company(r.get("to")) {
+                    found.insert(from, company);
                 }
             }
             for c in pages.iter_mut().flatten() {
@@ -676,6 +657,30 @@ impl Puller {
         );
         q.pages.extend(pages);
         Ok(())
+    }
+
+    /// The `results` of v4 association batch reads `from` → `to` for `ids`
+    /// (1,000 per call; exempt from the ten-secondly limit).
+    pub(super) async fn associations(
+        &self,
+        from: &str,
+        to: &str,
+        ids: &[String],
+    ) -> Result<Vec<Value>, HubSpotError> {
+        let path = format!("/crm/v4/associations/{from}/{to}/batch/read");
+        let mut out = Vec::new();
+        for chunk in ids.chunks(ASSOC_BATCH) {
+            let body =
+                json!({"inputs": chunk.iter().map(|i| json!({"id": i})).collect::<Vec<_>>()});
+            let answer = self
+                .client
+                .call(BucketKind::Exempt, Method::Post, &path, Some(&body))
+                .await?;
+            if let Some(Value::Array(results)) = answer.body.get("results") {
+                out.extend(results.iter().cloned());
+            }
+        }
+        Ok(out)
     }
 
     /// Reads parked companies in full batches of 100 and returns the pages
