@@ -340,7 +340,7 @@ impl Puller {
                             .await
                     }
                 });
-                let answers = futures_join_all(calls).await;
+                let answers = futures_util::future::join_all(calls).await;
                 for answer in answers {
                     let answer = answer?;
                     let contacts =
@@ -801,40 +801,6 @@ impl Puller {
     pub async fn state(&self) -> Result<SyncState, HubSpotError> {
         Ok(self.store.sync_state(&self.ws.id, CRM, OBJECT).await?)
     }
-}
-
-/// Runs futures concurrently, results in order.
-async fn futures_join_all<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T>,
-{
-    let handles: Vec<_> = futs.map(Box::pin).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    // Poll all together: drive them with a join on a vector.
-    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = handles.into_iter().map(Some).collect();
-    let mut results: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.extend(results.into_iter().flatten());
-    out
 }
 
 pub(super) fn enc(s: &str) -> String {

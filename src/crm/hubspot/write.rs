@@ -70,7 +70,7 @@ pub async fn write_back(
 ) -> Result<(WriteReport, Vec<ItemResult>), HubSpotError> {
     let mut report = WriteReport::default();
     let mut results = Vec::with_capacity(items.len());
-    let mut queue: Vec<Vec<Pending>> = items
+    let mut pending: Vec<Pending> = items
         .into_iter()
         .filter(|i| !i.changes.is_empty())
         .map(|item| Pending {
@@ -78,12 +78,24 @@ pub async fn write_back(
             attempts: 0,
             dropped: BTreeSet::new(),
         })
-        .collect::<Vec<_>>()
-        .chunks_mut(BATCH_UPDATE)
-        .map(|c| c.iter_mut().map(take).collect())
         .collect();
-    while let Some(mut batch) = queue.pop() {
-        batch.retain(|p| !p.item.changes.is_empty() || finish_dropped(p, &mut results));
+    let mut queue: Vec<Vec<Pending>> = Vec::new();
+    while !pending.is_empty() {
+        let rest = pending.split_off(pending.len().min(BATCH_UPDATE));
+        queue.push(std::mem::replace(&mut pending, rest));
+    }
+    while let Some(batch) = queue.pop() {
+        // A record whose every change was dropped is reported, not sent.
+        let (emptied, mut batch): (Vec<Pending>, Vec<Pending>) =
+            batch.into_iter().partition(|p| p.item.changes.is_empty());
+        for p in emptied {
+            results.push(ItemResult {
+                lead_id: p.item.lead_id,
+                written: BTreeMap::new(),
+                failure: Some(dropped_reason(&p.dropped)),
+                attempts: p.attempts,
+            });
+        }
         if batch.is_empty() {
             continue;
         }
@@ -214,29 +226,6 @@ pub async fn write_back(
         }
     }
     Ok((report, results))
-}
-
-fn take(p: &mut Pending) -> Pending {
-    Pending {
-        item: WriteItem {
-            lead_id: p.item.lead_id.clone(),
-            changes: std::mem::take(&mut p.item.changes),
-            groups: std::mem::take(&mut p.item.groups),
-        },
-        attempts: p.attempts,
-        dropped: std::mem::take(&mut p.dropped),
-    }
-}
-
-/// A record whose every change was dropped: report it, keep it out of the batch.
-fn finish_dropped(p: &Pending, results: &mut Vec<ItemResult>) -> bool {
-    results.push(ItemResult {
-        lead_id: p.item.lead_id.clone(),
-        written: BTreeMap::new(),
-        failure: Some(dropped_reason(&p.dropped)),
-        attempts: p.attempts,
-    });
-    false
 }
 
 fn dropped_reason(dropped: &BTreeSet<String>) -> String {
