@@ -2,8 +2,8 @@
 //! the company cache, change notifications and write-back bookkeeping.
 //!
 //! Every statement here is the same text on SQLite and PostgreSQL (`$N`
-//! placeholders, `ON CONFLICT`), so one macro implements [`CrmStore`] for
-//! both backends. SQLite writes go through its single writer connection.
+//! placeholders, `ON CONFLICT`) except how a JSON array of ids is expanded,
+//! so one macro implements [`CrmStore`] for both backends. SQLite writes go through its single writer connection.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -241,9 +241,15 @@ ON CONFLICT (workspace, crm, object) DO UPDATE SET
     watermark = excluded.watermark, backfill_done = excluded.backfill_done,
     last_sync_at = excluded.last_sync_at, last_error = excluded.last_error";
 
-const SELECT_COMPANY: &str = "\
-SELECT company_id, name, domain, fetched_at
-FROM crm_companies WHERE workspace = $1 AND crm = $2 AND company_id = $3";
+/// Companies by id: $1 ws, $2 crm, $3 a JSON array of ids (expanded by
+/// the backend's JSON function, so one statement reads a whole batch).
+const SELECT_COMPANIES_SQLITE: &str = "\
+SELECT company_id, name, domain, fetched_at FROM crm_companies
+WHERE workspace = $1 AND crm = $2 AND company_id IN (SELECT value FROM json_each($3))";
+const SELECT_COMPANIES_PG: &str = "\
+SELECT company_id, name, domain, fetched_at FROM crm_companies
+WHERE workspace = $1 AND crm = $2
+  AND company_id IN (SELECT jsonb_array_elements_text(CAST($3 AS TEXT)::jsonb))";
 
 const UPSERT_COMPANY: &str = "\
 INSERT INTO crm_companies (workspace, crm, company_id, name, domain, fetched_at)
@@ -274,8 +280,16 @@ const FINISH_EVENT: &str = "\
 UPDATE crm_events SET state = $4, reason = $5
 WHERE workspace = $1 AND crm = $2 AND dedupe_key = $3";
 
-const SELECT_WRITTEN: &str = "\
-SELECT lead_id, field, value FROM crm_written WHERE workspace = $1 AND lead_id = $2";
+/// What enrichd wrote: $1 ws, $2 a JSON array of lead ids.
+const SELECT_WRITTEN_SQLITE: &str = "\
+SELECT lead_id, field, value FROM crm_written
+WHERE workspace = $1 AND lead_id IN (SELECT value FROM json_each($2))";
+const SELECT_WRITTEN_PG: &str = "\
+SELECT lead_id, field, value FROM crm_written
+WHERE workspace = $1 AND lead_id IN (SELECT jsonb_array_elements_text(CAST($2 AS TEXT)::jsonb))";
+
+/// Ids per statement for the batched reads.
+const IDS_PER_QUERY: usize = 500;
 
 const UPSERT_WRITTEN: &str = "\
 INSERT INTO crm_written (workspace, lead_id, field, value, written_at)
@@ -407,9 +421,10 @@ fn corrupt(table: &'static str, message: String) -> StoreError {
 }
 
 /// Implements [`CrmStore`] for a backend: `$read` is the pool reads use,
-/// `$write` the pool (or single writer connection) writes use.
+/// `$write` the pool (or single writer connection) writes use; the two
+/// batched reads take the backend's statement (JSON expansion differs).
 macro_rules! impl_crm_store {
-    ($ty:ty, $read:ident, $write:ident) => {
+    ($ty:ty, $read:ident, $write:ident, $companies_sql:expr, $written_sql:expr) => {
         impl $crate::store::crm::CrmStore for $ty {
             fn connection<'a>(
                 &'a self,
@@ -531,20 +546,16 @@ macro_rules! impl_crm_store {
             ) -> StoreFuture<'a, HashMap<String, CompanyRow>> {
                 Box::pin(async move {
                     let mut out = HashMap::with_capacity(ids.len());
-                    let mut conn = self
-                        .$read
-                        .acquire()
-                        .await
-                        .map_err(StoreError::db("read companies"))?;
-                    for id in ids {
-                        let row: Option<CompanyDbRow> = sqlx::query_as(SELECT_COMPANY)
+                    for chunk in ids.chunks(IDS_PER_QUERY) {
+                        let list = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".into());
+                        let rows: Vec<CompanyDbRow> = sqlx::query_as($companies_sql)
                             .bind(ws.as_str())
                             .bind(crm)
-                            .bind(id.as_str())
-                            .fetch_optional(&mut *conn)
+                            .bind(list)
+                            .fetch_all(&self.$read)
                             .await
                             .map_err(StoreError::db("read companies"))?;
-                        if let Some(r) = row {
+                        for r in rows {
                             out.insert(
                                 r.company_id.clone(),
                                 CompanyRow {
@@ -710,16 +721,13 @@ macro_rules! impl_crm_store {
             ) -> StoreFuture<'a, WrittenByLead> {
                 Box::pin(async move {
                     let mut out: WrittenByLead = HashMap::new();
-                    let mut conn = self
-                        .$read
-                        .acquire()
-                        .await
-                        .map_err(StoreError::db("read written values"))?;
-                    for id in ids {
-                        let rows: Vec<WrittenDbRow> = sqlx::query_as(SELECT_WRITTEN)
+                    for chunk in ids.chunks(IDS_PER_QUERY) {
+                        let ids: Vec<&str> = chunk.iter().map(LeadId::as_str).collect();
+                        let list = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+                        let rows: Vec<WrittenDbRow> = sqlx::query_as($written_sql)
                             .bind(ws.as_str())
-                            .bind(id.as_str())
-                            .fetch_all(&mut *conn)
+                            .bind(list)
+                            .fetch_all(&self.$read)
                             .await
                             .map_err(StoreError::db("read written values"))?;
                         for r in rows {
@@ -803,6 +811,18 @@ macro_rules! impl_crm_store {
 
 mod imp {
     use super::*;
-    impl_crm_store!(crate::store::sqlite::SqliteStore, pool, writer);
-    impl_crm_store!(crate::store::postgres::PgStore, pool, pool);
+    impl_crm_store!(
+        crate::store::sqlite::SqliteStore,
+        pool,
+        writer,
+        SELECT_COMPANIES_SQLITE,
+        SELECT_WRITTEN_SQLITE
+    );
+    impl_crm_store!(
+        crate::store::postgres::PgStore,
+        pool,
+        pool,
+        SELECT_COMPANIES_PG,
+        SELECT_WRITTEN_PG
+    );
 }

@@ -46,6 +46,7 @@ macro_rules! store_tests {
 
 store_tests! {
     migrate_is_idempotent,
+    crm_companies_and_written_values_are_read_in_batches,
     leads_round_trip,
     upsert_ten_thousand_leads,
     value_with_charge_is_stored_and_charged,
@@ -2751,4 +2752,70 @@ async fn concurrent_batches_racing_on_the_same_keys(db: &TestDb) {
             released: 0
         })
     );
+}
+
+async fn crm_companies_and_written_values_are_read_in_batches(db: &TestDb) {
+    use enrichd::store::crm::{CompanyRow, WriteOutcome, Written};
+    let (a, b) = (ws("a"), ws("b"));
+    let rows: Vec<CompanyRow> = (0..1_200)
+        .map(|i| CompanyRow {
+            company_id: format!("{}", 9_000_000 + i),
+            name: Some(format!("Company {i}")),
+            domain: (i % 2 == 0).then(|| format!("c{i}.example")),
+            fetched_at: 1_000 + i,
+        })
+        .collect();
+    db.store
+        .upsert_companies(&a, "hubspot", &rows)
+        .await
+        .unwrap();
+    // More ids than one statement takes, some unknown.
+    let ids: Vec<String> = (0..1_300).map(|i| format!("{}", 9_000_000 + i)).collect();
+    let got = db.store.companies(&a, "hubspot", &ids).await.unwrap();
+    assert_eq!(got.len(), 1_200);
+    assert_eq!(got["9000002"].domain.as_deref(), Some("c2.example"));
+    assert_eq!(got["9000003"].domain, None);
+    assert!(
+        db.store
+            .companies(&b, "hubspot", &ids)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        db.store
+            .companies(&a, "salesforce", &ids)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let written: Vec<Written> = (0..700)
+        .flat_map(|i| {
+            ["enrichment_work_email", "enrichment_work_email_source"].map(|f| Written {
+                lead_id: LeadId(format!("l{i}")),
+                field: f.to_string(),
+                value: format!("{f}-{i}"),
+            })
+        })
+        .collect();
+    let outcomes = vec![WriteOutcome {
+        lead_id: LeadId("l1".into()),
+        state: "failed".into(),
+        reason: "refused".into(),
+        attempts: 3,
+    }];
+    db.store
+        .record_writes(&a, &written, &outcomes, 5)
+        .await
+        .unwrap();
+    let leads: Vec<LeadId> = (0..800).map(|i| LeadId(format!("l{i}"))).collect();
+    let w = db.store.written(&a, &leads).await.unwrap();
+    assert_eq!(w.len(), 700);
+    assert_eq!(
+        w[&LeadId("l650".into())]["enrichment_work_email_source"],
+        "enrichment_work_email_source-650"
+    );
+    assert!(db.store.written(&b, &leads).await.unwrap().is_empty());
+    assert_eq!(db.store.write_outcomes(&a).await.unwrap(), outcomes);
 }
