@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::core::mapping::Mapping;
 use crate::secret::Secret;
 
-use super::{Secrets, Validator};
+use super::{RawAudience, Secrets, Validator};
 
 /// Scopes enrichd needs on HubSpot (reference/hubspot.md §1.4).
 pub const HUBSPOT_SCOPES: [&str; 4] = [
@@ -135,10 +135,13 @@ pub enum CrmSettings {
 }
 
 impl Validator {
+    /// `[workspaces.crm]` at `key`, for a workspace whose audiences are
+    /// `audiences` (the mapping's overrides must name them).
     pub(super) fn crm(
         &mut self,
         key: &str,
         raw: RawCrm,
+        audiences: &[RawAudience],
         dir: &Path,
         secrets: &dyn Secrets,
     ) -> Option<CrmSettings> {
@@ -238,11 +241,20 @@ impl Validator {
             (None, _) => None,
         };
         let mapping_file = dir.join(raw.mapping.as_deref().unwrap_or("mappings/hubspot.toml"));
-        let mapping = match crate::config::mapping::load_mapping(&mapping_file) {
+        let audience_names: Vec<String> = audiences.iter().map(|a| a.name.clone()).collect();
+        let mapping = match crate::config::mapping::load_mapping_for(&mapping_file, &audience_names)
+        {
             Ok(m) => Some(Arc::new(m)),
             Err(e) => {
+                // The problem's line is in the mapping file, not in the
+                // config file the error is reported for: it goes with the
+                // mapping file's name.
                 for mut p in e.problems {
-                    p.key = format!("{} ({}): {}", key, mapping_file.display(), p.key);
+                    let at = match p.line.take() {
+                        Some(l) => format!("{}:{l}", mapping_file.display()),
+                        None => mapping_file.display().to_string(),
+                    };
+                    p.key = format!("{key} ({at}): {}", p.key);
                     self.problems.push(p);
                 }
                 None
@@ -287,5 +299,140 @@ impl Validator {
             max_retries: raw.max_retries.unwrap_or(5),
             daily_reset_offset: daily_reset_offset?,
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::config::{ConfigError, Settings};
+    use crate::core::channel::Channel;
+    use crate::core::mapping::{Policy, Transform};
+
+    /// A workspace with audiences `customers` and `us_sales`, connected to
+    /// HubSpot with the mapping `mapping` (written next to the config).
+    fn load(mapping: &str) -> (tempfile::TempDir, Result<Settings, ConfigError>) {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("temp dir: {e}"),
+        };
+        if let Err(e) = std::fs::write(dir.path().join("mapping.toml"), mapping) {
+            panic!("write mapping: {e}");
+        }
+        let config = r#"
+[storage]
+url = "sqlite://x.db"
+
+[providers.apollo]
+api_key_env = "T_APOLLO_KEY"
+
+[[workspaces]]
+id = "acme"
+providers = ["apollo"]
+
+[[workspaces.audiences]]
+name = "customers"
+channels = ["work_email"]
+
+[[workspaces.audiences]]
+name = "us_sales"
+channels = ["work_email"]
+
+[workspaces.crm]
+kind = "hubspot"
+private_app_token_env = "T_HUBSPOT_TOKEN"
+mapping = "mapping.toml"
+"#;
+        let secrets: BTreeMap<String, String> = [
+            ("T_APOLLO_KEY".to_string(), "k".to_string()),
+            ("T_HUBSPOT_TOKEN".to_string(), "t".to_string()),
+        ]
+        .into();
+        let path = dir.path().join("config.toml");
+        let r = Settings::from_str(&path, config, &secrets);
+        (dir, r)
+    }
+
+    const MAPPING: &str = r#"crm = "hubspot"
+object = "contacts"
+
+[channels.phone]
+field = "enrichment_phone"
+source_field = "enrichment_phone_source"
+
+[audiences.customers.channels.phone]
+policy = "never"
+
+[audiences.us_sales.channels.phone]
+transform = "national"
+"#;
+
+    #[test]
+    fn overrides_of_the_workspaces_audiences_load() {
+        let (_dir, r) = load(MAPPING);
+        let s = r.unwrap_or_else(|e| panic!("{e}"));
+        let Some(super::CrmSettings::HubSpot(hs)) = &s.workspaces[0].crm else {
+            panic!("no HubSpot settings");
+        };
+        let names: Vec<&str> = hs
+            .mapping
+            .overrides
+            .iter()
+            .map(|o| o.audience.as_str())
+            .collect();
+        assert_eq!(names, ["customers", "us_sales"]);
+        let m = hs.mapping.for_audiences(&["us_sales".to_string()]);
+        assert_eq!(
+            m.channels[&Channel::Phone].value.transform,
+            Transform::National
+        );
+        let m = hs.mapping.for_audiences(&["customers".to_string()]);
+        assert_eq!(m.channels[&Channel::Phone].value.policy, Policy::Never);
+    }
+
+    #[test]
+    fn an_override_of_an_unknown_audience_names_the_mapping_file_key_and_audiences() {
+        let (dir, r) = load(&MAPPING.replace("audiences.us_sales", "audiences.eu_sales"));
+        let e = match r {
+            Ok(_) => panic!("must be refused"),
+            Err(e) => e,
+        };
+        let msg = e.to_string();
+        let mapping_file = dir.path().join("mapping.toml");
+        // Line 11 of the mapping file, given with the mapping file.
+        let key = format!(
+            "workspaces[0].crm ({}:11): audiences.eu_sales",
+            mapping_file.display()
+        );
+        assert!(e.mentions(&key), "{msg}");
+        assert_eq!(e.problems.len(), 1, "{msg}");
+        assert!(
+            msg.contains("audience `eu_sales` is not one of the workspace's audiences"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("configured audiences: customers, us_sales"),
+            "{msg}"
+        );
+        // Not reported at line 11 of config.toml.
+        assert!(!msg.contains("config.toml:11"), "{msg}");
+    }
+
+    #[test]
+    fn a_mapping_problem_keeps_its_line_with_the_mapping_file() {
+        let (dir, r) = load(&MAPPING.replace("\"never\"", "\"sometimes\""));
+        let e = match r {
+            Ok(_) => panic!("must be refused"),
+            Err(e) => e,
+        };
+        let msg = e.to_string();
+        let key = format!(
+            "workspaces[0].crm ({}:9): audiences.customers.channels.phone.policy",
+            dir.path().join("mapping.toml").display()
+        );
+        assert!(e.mentions(&key), "{msg}");
+        assert!(msg.contains("unknown policy `sometimes`"), "{msg}");
+        assert_eq!(e.problems[0].line, None, "the line is not config.toml's");
     }
 }

@@ -2,6 +2,12 @@
 //! structures mirror the file (unknown keys refused); words (channel names,
 //! policies, transforms, formats) are read as spanned strings so that every
 //! bad one is reported at once, each with its key and line.
+//!
+//! Per-audience overrides (`[audiences.<name>.channels.<channel>]` with
+//! `policy`, `source_policy`, `transform`) become [`Mapping::overrides`] in
+//! file order; a workspace's mapping is loaded with [`load_mapping_for`],
+//! which also requires every override's audience to be one of the
+//! workspace's.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -13,14 +19,21 @@ use toml::Spanned;
 use super::{ConfigError, Problem, line_of, parse_toml};
 use crate::core::channel::Channel;
 use crate::core::mapping::{
-    ChannelRule, CrmKind, DateFormat, FieldRule, Mapping, Policy, SourceFormat, Transform,
+    AudienceOverride, ChannelOverride, ChannelRule, CrmKind, DateFormat, FieldRule, Mapping,
+    Policy, SourceFormat, Transform,
 };
 
 /// The mapping files enrichd ships: (path in the repository, text).
-pub const BUILTIN_MAPPINGS: [(&str, &str); 1] = [(
-    "mappings/hubspot.toml",
-    include_str!("../../mappings/hubspot.toml"),
-)];
+pub const BUILTIN_MAPPINGS: [(&str, &str); 2] = [
+    (
+        "mappings/hubspot.toml",
+        include_str!("../../mappings/hubspot.toml"),
+    ),
+    (
+        "mappings/salesforce.toml",
+        include_str!("../../mappings/salesforce.toml"),
+    ),
+];
 
 const DOCUMENTED: &str = "see the comments in the shipped mappings/hubspot.toml";
 
@@ -34,15 +47,51 @@ struct RawMapping {
     channels: BTreeMap<String, RawChannel>,
     status: Option<RawStatus>,
     enriched_at: Option<RawEnrichedAt>,
+    #[serde(default)]
+    audiences: BTreeMap<String, RawAudienceOverride>,
 }
 
-/// The channel names with their places in the file (read separately: with
-/// spanned keys in [`RawMapping`] the key path of other errors would lose
-/// the channel's name).
+/// `[audiences.<name>]`: how the leads of one audience are written.
 #[derive(Debug, Deserialize)]
-struct ChannelNames {
+#[serde(deny_unknown_fields)]
+struct RawAudienceOverride {
+    #[serde(default)]
+    channels: BTreeMap<String, RawChannelOverride>,
+}
+
+/// `[audiences.<name>.channels.<channel>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannelOverride {
+    policy: Option<Spanned<String>>,
+    source_policy: Option<Spanned<String>>,
+    transform: Option<Spanned<String>>,
+}
+
+/// The channel and audience names with their places in the file (read
+/// separately: with spanned keys in [`RawMapping`] the key path of other
+/// errors would lose the names).
+#[derive(Debug, Default, Deserialize)]
+struct Names {
     #[serde(default)]
     channels: BTreeMap<Spanned<String>, serde::de::IgnoredAny>,
+    #[serde(default)]
+    audiences: BTreeMap<Spanned<String>, AudienceNames>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AudienceNames {
+    #[serde(default)]
+    channels: BTreeMap<Spanned<String>, serde::de::IgnoredAny>,
+}
+
+/// Where names are in the file.
+type Spans = BTreeMap<String, Range<usize>>;
+
+fn spans<V>(m: BTreeMap<Spanned<String>, V>) -> Spans {
+    m.into_keys()
+        .map(|k| (k.get_ref().clone(), k.span()))
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +121,17 @@ struct RawEnrichedAt {
 
 /// Reads and validates the mapping file at `path`.
 pub fn load_mapping(path: &Path) -> Result<Mapping, ConfigError> {
+    load(path, None)
+}
+
+/// Reads and validates the mapping file at `path` for a workspace whose
+/// audiences are named `audiences`: an override of any other audience is a
+/// problem too.
+pub fn load_mapping_for(path: &Path, audiences: &[String]) -> Result<Mapping, ConfigError> {
+    load(path, Some(audiences))
+}
+
+fn load(path: &Path, audiences: Option<&[String]>) -> Result<Mapping, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::one(
             path,
@@ -81,11 +141,24 @@ pub fn load_mapping(path: &Path) -> Result<Mapping, ConfigError> {
             ),
         )
     })?;
-    parse_mapping(path, &text)
+    parse(path, &text, audiences)
 }
 
 /// Validates mapping text as if read from `path`; every problem is reported.
 pub fn parse_mapping(path: &Path, text: &str) -> Result<Mapping, ConfigError> {
+    parse(path, text, None)
+}
+
+/// [`parse_mapping`] for a workspace whose audiences are named `audiences`.
+pub fn parse_mapping_for(
+    path: &Path,
+    text: &str,
+    audiences: &[String],
+) -> Result<Mapping, ConfigError> {
+    parse(path, text, Some(audiences))
+}
+
+fn parse(path: &Path, text: &str, audiences: Option<&[String]>) -> Result<Mapping, ConfigError> {
     let raw: RawMapping = parse_toml(path, text).map_err(|mut e| {
         for p in &mut e.problems {
             // `policy.$__serde_spanned_private_value` → `policy`.
@@ -98,19 +171,18 @@ pub fn parse_mapping(path: &Path, text: &str) -> Result<Mapping, ConfigError> {
         }
         e
     })?;
-    let names = toml::from_str::<ChannelNames>(text)
-        .map(|n| {
-            n.channels
-                .into_keys()
-                .map(|k| (k.get_ref().clone(), k.span()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = toml::from_str::<Names>(text).unwrap_or_default();
     let mut v = Validator {
         text,
         problems: Vec::new(),
         targets: Vec::new(),
-        names,
+        names: spans(names.channels),
+        audience_names: names
+            .audiences
+            .into_iter()
+            .map(|(k, a)| (k.get_ref().clone(), (k.span(), spans(a.channels))))
+            .collect(),
+        audiences,
     };
     let mapping = v.mapping(raw);
     match mapping {
@@ -143,10 +215,14 @@ struct Validator<'a> {
     problems: Vec<Problem>,
     targets: Vec<Target>,
     /// Where each channel table's name is.
-    names: BTreeMap<String, Range<usize>>,
+    names: Spans,
+    /// Where each override's audience name is, and its channel names.
+    audience_names: BTreeMap<String, (Range<usize>, Spans)>,
+    /// The workspace's audiences, when the mapping is loaded for one.
+    audiences: Option<&'a [String]>,
 }
 
-impl Validator<'_> {
+impl<'a> Validator<'a> {
     fn err(
         &mut self,
         key: &str,
@@ -330,6 +406,7 @@ impl Validator<'_> {
         let enriched_at_ok = raw.enriched_at.is_none() || enriched_at.is_some();
 
         self.duplicates();
+        let overrides = self.overrides(&raw);
         if !(channels_ok && status_ok && enriched_at_ok) {
             return None;
         }
@@ -341,7 +418,191 @@ impl Validator<'_> {
             enriched_at,
             enriched_at_format: enriched_at_format?,
             source_format: source_format?,
+            overrides,
         })
+    }
+
+    /// The `[audiences.<name>]` tables, in file order. Problems are
+    /// recorded; the overrides returned are the valid ones.
+    fn overrides(&mut self, raw: &RawMapping) -> Vec<AudienceOverride> {
+        let mut order: Vec<(&String, &RawAudienceOverride)> = raw.audiences.iter().collect();
+        order.sort_by_key(|(name, _)| {
+            self.audience_names
+                .get(*name)
+                .map_or(usize::MAX, |(span, _)| span.start)
+        });
+        let mut out = Vec::new();
+        for (name, ra) in order {
+            let key = format!("audiences.{name}");
+            let (span, channel_spans) = self
+                .audience_names
+                .get(name)
+                .cloned()
+                .map_or((None, Spans::new()), |(s, c)| (Some(s), c));
+            let mut ok = true;
+            if name.trim().is_empty() {
+                self.err(
+                    &key,
+                    span.clone(),
+                    "the audience name is empty".into(),
+                    "name one of the workspace's audiences, e.g. [audiences.customers.channels.phone]",
+                );
+                ok = false;
+            } else if let Some(configured) = self.audiences
+                && !configured.contains(name)
+            {
+                let hint = if configured.is_empty() {
+                    format!(
+                        "the workspace has no audiences: add a [[workspaces.audiences]] named \
+                         \"{name}\" to the config, or remove [{key}]"
+                    )
+                } else {
+                    format!(
+                        "configured audiences: {}; use one of them or remove [{key}]",
+                        configured.join(", ")
+                    )
+                };
+                self.err(
+                    &key,
+                    span.clone(),
+                    format!("audience `{name}` is not one of the workspace's audiences"),
+                    hint,
+                );
+                ok = false;
+            }
+            if ra.channels.is_empty() {
+                self.err(
+                    &key,
+                    span.clone(),
+                    "the override changes no channel".into(),
+                    format!(
+                        "add a [{key}.channels.<channel>] table setting policy, source_policy or \
+                         transform, or remove [{key}]"
+                    ),
+                );
+                ok = false;
+            }
+            let mut channels = BTreeMap::new();
+            for (cname, rc) in &ra.channels {
+                let ckey = format!("{key}.channels.{cname}");
+                let cspan = channel_spans.get(cname).cloned();
+                match self.channel_override(&ckey, cname, cspan, rc, raw) {
+                    Some((c, co)) => {
+                        channels.insert(c, co);
+                    }
+                    None => ok = false,
+                }
+            }
+            if ok {
+                out.push(AudienceOverride {
+                    audience: name.clone(),
+                    channels,
+                });
+            }
+        }
+        out
+    }
+
+    /// One `[audiences.<name>.channels.<channel>]` table.
+    fn channel_override(
+        &mut self,
+        key: &str,
+        name: &str,
+        span: Option<Range<usize>>,
+        rc: &RawChannelOverride,
+        raw: &RawMapping,
+    ) -> Option<(Channel, ChannelOverride)> {
+        let Ok(channel) = name.parse::<Channel>() else {
+            self.err(
+                key,
+                span,
+                format!("unknown channel `{name}`"),
+                format!("use one of: {}", Channel::expected()),
+            );
+            return None;
+        };
+        let Some(base) = raw
+            .channels
+            .iter()
+            .find_map(|(k, rc)| (k.parse::<Channel>().ok() == Some(channel)).then_some(rc))
+        else {
+            self.err(
+                key,
+                span,
+                format!(
+                    "channel `{channel}` is not mapped: an override changes how a mapped \
+                     channel is written"
+                ),
+                format!("add a [channels.{channel}] table, or remove [{key}]"),
+            );
+            return None;
+        };
+        if rc.policy.is_none() && rc.source_policy.is_none() && rc.transform.is_none() {
+            self.err(
+                key,
+                span,
+                "the override sets nothing".into(),
+                "set `policy`, `source_policy` or `transform`, or remove the table",
+            );
+            return None;
+        }
+        let expected = format!("{} ({DOCUMENTED})", Policy::expected());
+        let policy = match &rc.policy {
+            None => Some(None),
+            Some(p) => self
+                .word(
+                    &format!("{key}.policy"),
+                    p,
+                    "policy",
+                    Policy::parse,
+                    &expected,
+                )
+                .map(Some),
+        };
+        let skey = format!("{key}.source_policy");
+        let source_policy = match (&rc.source_policy, &base.source_field) {
+            (None, _) => Some(None),
+            (Some(sp), None) => {
+                self.err(
+                    &skey,
+                    sp.span(),
+                    format!("`source_policy` but [channels.{channel}] has no `source_field`"),
+                    format!(
+                        "add the `source_field` to [channels.{channel}], or remove \
+                         `source_policy` here"
+                    ),
+                );
+                None
+            }
+            (Some(sp), Some(_)) => match self.word(&skey, sp, "policy", Policy::parse, &expected) {
+                Some(Policy::Never) => {
+                    self.err(
+                        &skey,
+                        sp.span(),
+                        "a Source field under policy `never` would keep its value from ever \
+                             being written (a value is never written without its Source)"
+                            .into(),
+                        "to not write this channel for the audience, set `policy = \"never\"`",
+                    );
+                    None
+                }
+                p => p.map(Some),
+            },
+        };
+        let transform = match &rc.transform {
+            None => Some(None),
+            Some(t) => self
+                .transform(&format!("{key}.transform"), t, Some(channel))
+                .map(Some),
+        };
+        Some((
+            channel,
+            ChannelOverride {
+                policy: policy?,
+                source_policy: source_policy?,
+                transform: transform?,
+            },
+        ))
     }
 
     fn channel(
@@ -368,7 +629,9 @@ impl Validator<'_> {
                         "add the `source_field` it applies to, or remove `source_policy`",
                     );
                 }
-                None
+                // No Source field: valid (the file's comments call it
+                // optional); the value is written on its own.
+                Some(None)
             }
             Some(sf) => {
                 let sfield = self.field(&format!("{key}.source_field"), sf, crm, Some(key));
@@ -402,6 +665,7 @@ impl Validator<'_> {
         Some(ChannelRule {
             value: FieldRule::new(field?, policy?).transform(transform?),
             source: source?,
+            audience: None,
         })
     }
 
@@ -419,15 +683,6 @@ impl Validator<'_> {
         let expected = channel.map_or(all, Transform::expected_for);
         let tr = self.word(key, t, "transform", Transform::parse, &expected)?;
         let c = channel?;
-        if tr == Transform::National {
-            self.err(
-                key,
-                t.span(),
-                "transform `national` is not supported yet".into(),
-                "use \"e164\" (e.g. +14155552671)",
-            );
-            return None;
-        }
         if !tr.fits(c) {
             self.err(
                 key,
@@ -536,7 +791,7 @@ policy = "always"
 
     #[test]
     fn the_shipped_hubspot_mapping_loads() {
-        let [(path, text)] = BUILTIN_MAPPINGS;
+        let [(path, text), _] = BUILTIN_MAPPINGS;
         let m = match parse_mapping(Path::new(path), text) {
             Ok(m) => m,
             Err(e) => panic!("{e}"),
@@ -575,8 +830,24 @@ policy = "always"
     }
 
     #[test]
+    fn the_shipped_salesforce_mapping_loads() {
+        let [_, (path, text)] = BUILTIN_MAPPINGS;
+        let m = match parse_mapping(Path::new(path), text) {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(m.crm, CrmKind::Salesforce);
+        assert_eq!(m.object, "Lead");
+        assert_eq!(m.channels.len(), 4);
+        assert_eq!(m.enriched_at_format, DateFormat::Iso8601);
+        for r in m.channels.values() {
+            assert!(r.source.is_some(), "every value with its Source: {r:?}");
+        }
+    }
+
+    #[test]
     fn the_commented_standard_email_example_loads() {
-        let [(_, text)] = BUILTIN_MAPPINGS;
+        let [(_, text), _] = BUILTIN_MAPPINGS;
         let start = text.find("#   [channels.work_email]").unwrap_or(0);
         let example: String = text[start..]
             .lines()
@@ -731,11 +1002,36 @@ field = "Enriched_At__c"
         assert!(e.mentions("channels.phone.transform"), "{msg}");
         assert!(msg.contains("does not apply to phone"), "{msg}");
         assert!(msg.contains("none, e164, national"), "{msg}");
-        let (msg, e) = refused(&SMALL.replace("policy = \"always\"", "transform = \"national\""));
-        assert!(e.mentions("channels.phone.transform"), "{msg}");
-        assert!(msg.contains("not supported yet"), "{msg}");
+        let m = parse(&SMALL.replace("policy = \"always\"", "transform = \"national\""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            m.channels[&Channel::Phone].value.transform,
+            Transform::National
+        );
+        let (msg, e) = refused(&SMALL.replace(
+            "source_field = \"enrichment_work_email_source\"",
+            "transform = \"national\"",
+        ));
+        assert!(e.mentions("channels.work_email.transform"), "{msg}");
+        assert!(msg.contains("does not apply to work_email"), "{msg}");
         let (msg, _) = refused(&SMALL.replace("policy = \"always\"", "transform = \"upper\""));
         assert!(msg.contains("unknown transform `upper`"), "{msg}");
+    }
+
+    #[test]
+    fn a_channel_without_a_source_field_loads() {
+        let m = parse(
+            r#"
+crm = "hubspot"
+object = "contacts"
+[channels.phone]
+field = "phone_enriched"
+"#,
+        )
+        .expect("source_field is optional");
+        let rule = &m.channels[&Channel::Phone];
+        assert_eq!(rule.value.field, "phone_enriched");
+        assert!(rule.source.is_none());
     }
 
     #[test]
@@ -809,5 +1105,239 @@ field = "Enriched_At__c"
         let msg = e.to_string();
         assert!(msg.contains("/nonexistent/mapping.toml"), "{msg}");
         assert!(msg.contains("cannot read the mapping file"), "{msg}");
+    }
+
+    const OVERRIDES: &str = r#"
+[audiences.us_sales.channels.phone]
+transform = "national"
+
+[audiences.customers.channels.phone]
+policy = "never"
+
+[audiences.customers.channels.work_email]
+source_policy = "always"
+"#;
+
+    /// The 1-based line of the first line of `text` containing `needle`.
+    fn line_in(text: &str, needle: &str) -> Option<usize> {
+        text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+    }
+
+    fn names(ns: &[&str]) -> Vec<String> {
+        ns.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn audience_overrides_load_in_file_order() {
+        let text = format!("{SMALL}{OVERRIDES}");
+        let m = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let order: Vec<&str> = m.overrides.iter().map(|o| o.audience.as_str()).collect();
+        assert_eq!(order, ["us_sales", "customers"], "file order, not sorted");
+        assert_eq!(
+            m.overrides[0].channels[&Channel::Phone],
+            ChannelOverride {
+                transform: Some(Transform::National),
+                ..ChannelOverride::default()
+            }
+        );
+        let customers = &m.overrides[1].channels;
+        assert_eq!(customers[&Channel::Phone].policy, Some(Policy::Never));
+        assert_eq!(customers[&Channel::Phone].source_policy, None);
+        assert_eq!(
+            customers[&Channel::WorkEmail].source_policy,
+            Some(Policy::Always)
+        );
+        // Loaded for a workspace that has both audiences.
+        let for_ws = parse_mapping_for(Path::new(FILE), &text, &names(&["customers", "us_sales"]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(for_ws, m);
+        // A customer in us_sales: us_sales comes first in the file.
+        let lead = m.for_audiences(&names(&["customers", "us_sales"]));
+        let phone = &lead.channels[&Channel::Phone];
+        assert_eq!(phone.value.transform, Transform::National);
+        assert_eq!(phone.value.policy, Policy::Always, "base policy");
+        assert_eq!(phone.audience.as_deref(), Some("us_sales"));
+        assert_eq!(
+            lead.channels[&Channel::WorkEmail]
+                .source
+                .as_ref()
+                .map(|s| s.policy),
+            Some(Policy::Always)
+        );
+        // Without overrides nothing is serialised or compared differently.
+        assert!(parse(SMALL).is_ok_and(|m| m.overrides.is_empty()));
+    }
+
+    #[test]
+    fn an_unknown_key_in_an_override_is_named_with_its_line() {
+        let text = format!("{SMALL}{OVERRIDES}").replace("policy = \"never\"", "polcy = \"never\"");
+        let (msg, e) = refused(&text);
+        assert!(
+            e.mentions("audiences.customers.channels.phone.polcy"),
+            "{msg}"
+        );
+        assert!(msg.contains("unknown field `polcy`"), "{msg}");
+        let line = line_in(&text, "polcy");
+        assert_eq!(
+            line_of_problem(&e, "audiences.customers.channels.phone.polcy"),
+            line,
+            "{msg}"
+        );
+        assert!(msg.contains("mappings/hubspot.toml"), "{msg}");
+        // An audience-wide policy is not a thing: only channel tables.
+        let (msg, e) = refused(&format!(
+            "{SMALL}\n[audiences.customers]\npolicy = \"never\"\n"
+        ));
+        assert!(e.mentions("audiences.customers.policy"), "{msg}");
+        assert!(msg.contains("unknown field `policy`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_words_in_an_override_are_reported_like_the_others() {
+        let text = format!("{SMALL}{OVERRIDES}")
+            .replace("\"never\"", "\"sometimes\"")
+            .replace("\"national\"", "\"lowercase\"");
+        let (msg, e) = refused(&text);
+        assert!(msg.contains("2 problems"), "{msg}");
+        let key = "audiences.customers.channels.phone.policy";
+        assert!(e.mentions(key), "{msg}");
+        assert!(msg.contains("unknown policy `sometimes`"), "{msg}");
+        assert!(
+            msg.contains("never, if_empty, if_enriched_by_us, always"),
+            "{msg}"
+        );
+        assert_eq!(line_of_problem(&e, key), line_in(&text, "sometimes"));
+        let key = "audiences.us_sales.channels.phone.transform";
+        assert!(e.mentions(key), "{msg}");
+        assert!(
+            msg.contains("transform `lowercase` does not apply to phone"),
+            "{msg}"
+        );
+        assert!(msg.contains("none, e164, national"), "{msg}");
+        assert_eq!(line_of_problem(&e, key), line_in(&text, "lowercase"));
+    }
+
+    #[test]
+    fn an_override_of_an_unknown_or_unmapped_channel_is_refused() {
+        let text = format!("{SMALL}\n[audiences.customers.channels.fax]\npolicy = \"never\"\n");
+        let (msg, e) = refused(&text);
+        assert!(e.mentions("audiences.customers.channels.fax"), "{msg}");
+        assert!(msg.contains("unknown channel `fax`"), "{msg}");
+        assert!(
+            msg.contains("work_email, personal_email, phone, linkedin_url"),
+            "{msg}"
+        );
+        assert_eq!(
+            line_of_problem(&e, "audiences.customers.channels.fax"),
+            line_in(&text, "channels.fax")
+        );
+        // SMALL maps no LinkedIn URL.
+        let text =
+            format!("{SMALL}\n[audiences.customers.channels.linkedin_url]\npolicy = \"never\"\n");
+        let (msg, e) = refused(&text);
+        let key = "audiences.customers.channels.linkedin_url";
+        assert!(e.mentions(key), "{msg}");
+        assert!(
+            msg.contains("channel `linkedin_url` is not mapped"),
+            "{msg}"
+        );
+        assert!(msg.contains("add a [channels.linkedin_url] table"), "{msg}");
+        assert_eq!(line_of_problem(&e, key), line_in(&text, "linkedin_url]"));
+    }
+
+    #[test]
+    fn override_source_policy_rules_are_the_top_level_ones() {
+        let text =
+            format!("{SMALL}\n[audiences.customers.channels.phone]\nsource_policy = \"never\"\n");
+        let (msg, e) = refused(&text);
+        let key = "audiences.customers.channels.phone.source_policy";
+        assert!(e.mentions(key), "{msg}");
+        assert!(msg.contains("under policy `never`"), "{msg}");
+        assert!(msg.contains("set `policy = \"never\"`"), "{msg}");
+        assert_eq!(line_of_problem(&e, key), line_in(&text, "source_policy"));
+        // No Source field in the base rule: nothing for source_policy to set.
+        let base = SMALL.replace("source_field = \"enrichment_phone_source\"\n", "");
+        let (msg, e) = refused(&format!(
+            "{base}\n[audiences.customers.channels.phone]\nsource_policy = \"always\"\n"
+        ));
+        assert!(e.mentions(key), "{msg}");
+        assert!(
+            msg.contains("[channels.phone] has no `source_field`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn an_override_must_change_something() {
+        let text = format!("{SMALL}\n[audiences.customers.channels.phone]\n");
+        let (msg, e) = refused(&text);
+        assert!(e.mentions("audiences.customers.channels.phone"), "{msg}");
+        assert!(msg.contains("sets nothing"), "{msg}");
+        let text = format!("{SMALL}\n[audiences.customers]\n");
+        let (msg, e) = refused(&text);
+        assert!(e.mentions("audiences.customers"), "{msg}");
+        assert!(msg.contains("changes no channel"), "{msg}");
+        assert_eq!(
+            line_of_problem(&e, "audiences.customers"),
+            line_in(&text, "[audiences.customers]")
+        );
+    }
+
+    #[test]
+    fn an_override_of_an_audience_the_workspace_lacks_is_refused() {
+        let text = format!("{SMALL}{OVERRIDES}");
+        let e = match parse_mapping_for(Path::new(FILE), &text, &names(&["customers", "eu"])) {
+            Ok(m) => panic!("must be refused, got {m:#?}"),
+            Err(e) => e,
+        };
+        let msg = e.to_string();
+        assert!(msg.contains(FILE), "{msg}");
+        assert!(e.mentions("audiences.us_sales"), "{msg}");
+        assert_eq!(e.problems.len(), 1, "{msg}");
+        assert!(
+            msg.contains("audience `us_sales` is not one of the workspace's audiences"),
+            "{msg}"
+        );
+        assert!(msg.contains("configured audiences: customers, eu"), "{msg}");
+        assert_eq!(
+            line_of_problem(&e, "audiences.us_sales"),
+            line_in(&text, "[audiences.us_sales")
+        );
+        let e = match parse_mapping_for(Path::new(FILE), &text, &[]) {
+            Ok(m) => panic!("must be refused, got {m:#?}"),
+            Err(e) => e,
+        };
+        let msg = e.to_string();
+        assert!(
+            e.mentions("audiences.customers") && e.mentions("audiences.us_sales"),
+            "{msg}"
+        );
+        assert!(msg.contains("the workspace has no audiences"), "{msg}");
+    }
+
+    #[test]
+    fn the_commented_override_examples_load() {
+        let [(_, text), _] = BUILTIN_MAPPINGS;
+        let start = text.find("#   [audiences.").unwrap_or(0);
+        let example: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#') && !l.starts_with("# ---"))
+            .filter(|l| l.starts_with("#   "))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim()))
+            .collect();
+        assert!(
+            example.contains("[audiences.customers.channels.phone]"),
+            "{example}"
+        );
+        let [(path, _), _] = BUILTIN_MAPPINGS;
+        let m = parse_mapping_for(
+            Path::new(path),
+            &format!("{text}\n{example}"),
+            &names(&["customers", "us_sales"]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let phone = |a: &str| m.for_audiences(&names(&[a])).channels[&Channel::Phone].clone();
+        assert_eq!(phone("customers").value.policy, Policy::Never);
+        assert_eq!(phone("us_sales").value.transform, Transform::National);
     }
 }

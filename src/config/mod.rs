@@ -743,7 +743,7 @@ impl Validator {
         let before = self.problems.len();
         let crm = w
             .crm
-            .map(|c| self.crm(&format!("{key}.crm"), c, dir, secrets));
+            .map(|c| self.crm(&format!("{key}.crm"), c, &w.audiences, dir, secrets));
         if w.id.is_empty()
             || !w
                 .id

@@ -1,6 +1,7 @@
 //! The usable-value rules per channel: normalisation (lower-case email, E.164
 //! phone, canonical LinkedIn URL) and the bar a value must pass before it may
-//! stop the waterfall and be charged for.
+//! stop the waterfall and be charged for. Also the country of a phone number
+//! and its national format, for write-back ([`format_national`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -332,6 +333,131 @@ pub fn normalise_phone(raw: &str, region: Option<&str>) -> Result<String, Unusab
     Ok(format!("+{international}"))
 }
 
+/// How numbers of one country are dialled from inside that country: what
+/// the national format puts before the national significant number (NSN,
+/// the digits after the calling code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NationalDialling {
+    /// The North American Numbering Plan (+1): `(NPA) NXX-XXXX`; a leading
+    /// `1` is the long-distance prefix.
+    Nanp,
+    /// A trunk prefix `0` before the NSN (e.g. GB `020 7946 0958`, FR `01
+    /// 42 68 53 00`, DE `030123456`).
+    TrunkZero,
+    /// No trunk prefix: the national number is the NSN itself (IT keeps its
+    /// leading `0` inside the NSN: +39 06… is `06…`).
+    NoTrunk,
+    /// Another convention (RU and KZ dial `8`, HU `06`, BR, AR and CO add
+    /// carrier or area codes, CN mobiles take no `0`…) or one enrichd does
+    /// not know: such numbers have no national format here.
+    Unknown,
+}
+
+/// The country of a phone number, as far as enrichd's tables go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhoneCountry {
+    /// The ITU calling code without `+`, e.g. `1`, `44`.
+    pub calling_code: &'static str,
+    /// The ISO-3166 alpha-2 region its national numbers are read in, when
+    /// the calling code has one in enrichd's region table. A shared code
+    /// gives its first region: every NANP number (+1) is `US` (CA, PR, DO
+    /// and JM dial and format alike), +7 is `RU`.
+    pub region: Option<&'static str>,
+    pub dialling: NationalDialling,
+}
+
+/// The country of a phone number in international form (`+14155552671`,
+/// `+1 (415) 555-2671`, `0044…`); `None` when it is not a valid number in
+/// international form (a national number has no country of its own).
+pub fn phone_country(phone: &str) -> Option<PhoneCountry> {
+    let e164 = normalise_phone(phone, None).ok()?;
+    let (code, _) = split_calling_code(e164.get(1..)?)?;
+    country_of_code(code)
+}
+
+/// [`PhoneCountry`] of a calling code from [`CALLING_CODES`].
+fn country_of_code(code: &str) -> Option<PhoneCountry> {
+    let calling_code = *CALLING_CODES.iter().find(|c| **c == code)?;
+    Some(PhoneCountry {
+        calling_code,
+        region: REGIONS.iter().find(|r| r.code == code).map(|r| r.iso),
+        dialling: national_dialling(code),
+    })
+}
+
+/// The national dialling convention per calling code. Deliberately small:
+/// only countries whose convention is plain (`0` + NSN, or the NSN alone)
+/// and well known; every other number is written in E.164 by
+/// [`format_national`], which is always dialable.
+fn national_dialling(code: &str) -> NationalDialling {
+    match code {
+        "1" => NationalDialling::Nanp,
+        // GB, IE, FR, DE, NL, BE, CH, AT, SE, FI, SK, RO, BG, HR, SI, RS,
+        // TR, IL, AE, SA, EG, ZA, NG, KE, IN, PK, JP, KR, TW, TH, MY, PH,
+        // ID, VN, AU, NZ.
+        "44" | "353" | "33" | "49" | "31" | "32" | "41" | "43" | "46" | "358" | "421" | "40"
+        | "359" | "385" | "386" | "381" | "90" | "972" | "971" | "966" | "20" | "27" | "234"
+        | "254" | "91" | "92" | "81" | "82" | "886" | "66" | "60" | "63" | "62" | "84" | "61"
+        | "64" => NationalDialling::TrunkZero,
+        // IT, ES, PT, DK, NO, GR, PL, CZ, LU, IS, EE, LV, MT, CY, SG, HK,
+        // QA, MX (since 2019).
+        "39" | "34" | "351" | "45" | "47" | "30" | "48" | "420" | "352" | "354" | "372" | "371"
+        | "356" | "357" | "65" | "852" | "974" | "52" => NationalDialling::NoTrunk,
+        _ => NationalDialling::Unknown,
+    }
+}
+
+/// The national format of a phone number in its own country, e.g.
+/// `+14155552671` → `(415) 555-2671`, `+442079460958` → `020 7946 0958`,
+/// `+33142685300` → `01 42 68 53 00`. Grouped for the NANP, GB and FR;
+/// other countries get their trunk `0` and the NSN (`+4930123456` →
+/// `030123456`), or the NSN alone where there is no trunk prefix
+/// (`+390612345678` → `0612345678`, `+34912345678` → `912345678`); a
+/// number of a country whose convention is [`NationalDialling::Unknown`]
+/// is given in E.164. `None` when `phone` is not a valid number in
+/// international form.
+pub fn format_national(phone: &str) -> Option<String> {
+    let e164 = normalise_phone(phone, None).ok()?;
+    let (code, nsn) = split_calling_code(e164.get(1..)?)?;
+    let group = |sizes: &[usize]| -> Option<String> {
+        let mut out = Vec::new();
+        let mut rest = nsn;
+        for &n in sizes {
+            let (head, tail) = rest.split_at_checked(n)?;
+            out.push(head);
+            rest = tail;
+        }
+        rest.is_empty().then(|| out.join(" "))
+    };
+    let national = match (code, nsn.len()) {
+        // normalise_phone guarantees NXX-NXX-XXXX.
+        ("1", 10) => format!("({}) {}-{}", &nsn[..3], &nsn[3..6], &nsn[6..]),
+        // Ofcom's usual groupings: 020 7946 0958 (London and the other
+        // 02x areas), 07700 900123 (mobiles), 0113 496 0000 and 0161 496
+        // 0000 (011x and 01x1 areas), 01632 960000 (other 01 areas, a few
+        // of which actually use 5+5 or 6+4), 0300 / 0800 / 0900 123 4567.
+        ("44", 10) => {
+            let b = nsn.as_bytes();
+            let sizes: &[usize] = match b[0] {
+                b'2' => &[2, 4, 4],
+                b'7' => &[4, 6],
+                b'1' if b[1] == b'1' || b[2] == b'1' => &[3, 3, 4],
+                b'1' => &[4, 6],
+                b'3' | b'8' | b'9' => &[3, 3, 4],
+                _ => &[10],
+            };
+            format!("0{}", group(sizes)?)
+        }
+        ("33", 9) => format!("0{}", group(&[1, 2, 2, 2, 2])?),
+        _ => match national_dialling(code) {
+            NationalDialling::TrunkZero => format!("0{nsn}"),
+            NationalDialling::NoTrunk => nsn.to_string(),
+            NationalDialling::Nanp | NationalDialling::Unknown => e164.clone(),
+        },
+    };
+    Some(national)
+}
+
 struct Region {
     iso: &'static str,
     code: &'static str,
@@ -632,6 +758,89 @@ mod tests {
         ] {
             assert!(canonical_linkedin(raw).is_err(), "{raw}");
         }
+    }
+
+    #[test]
+    fn national_format_of_the_numbers_own_country() {
+        for (e164, national) in [
+            ("+14155552671", "(415) 555-2671"),
+            ("+1 (416) 555-0123", "(416) 555-0123"), // Canada: same plan
+            ("+442079460958", "020 7946 0958"),
+            ("+447700900123", "07700 900123"),
+            ("+441134960000", "0113 496 0000"),
+            ("+441614960000", "0161 496 0000"),
+            ("+441632960000", "01632 960000"),
+            ("+443001234567", "0300 123 4567"),
+            ("+33142685300", "01 42 68 53 00"),
+            ("+33612345678", "06 12 34 56 78"),
+            ("+4930123456", "030123456"),         // trunk 0, not grouped
+            ("+61291234567", "0291234567"),       // AU
+            ("+81312345678", "0312345678"),       // JP
+            ("+390612345678", "0612345678"),      // IT: the 0 is in the NSN
+            ("+34912345678", "912345678"),        // ES: no trunk prefix
+            ("+4722123456", "22123456"),          // NO
+            ("+74951234567", "+74951234567"),     // RU dials 8: E.164
+            ("+5511912345678", "+5511912345678"), // BR: carrier codes
+            ("+3612345678", "+3612345678"),       // HU dials 06
+        ] {
+            assert_eq!(format_national(e164).as_deref(), Some(national), "{e164}");
+        }
+        for bad in ["(415) 555-2671", "call me", "", "+999 1234 5678"] {
+            assert_eq!(format_national(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_national_format_reads_back_as_the_same_number_in_its_region() {
+        for e164 in [
+            "+14155552671",
+            "+442079460958",
+            "+447700900123",
+            "+33142685300",
+            "+4930123456",
+            "+61291234567",
+        ] {
+            let country = phone_country(e164).unwrap();
+            let national = format_national(e164).unwrap();
+            assert_eq!(
+                normalise_phone(&national, country.region).as_deref(),
+                Ok(e164),
+                "{national}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_country_of_a_number() {
+        let c = |p| phone_country(p).map(|c| (c.calling_code, c.region, c.dialling));
+        assert_eq!(
+            c("+14155552671"),
+            Some(("1", Some("US"), NationalDialling::Nanp))
+        );
+        assert_eq!(
+            c("+1 416 555 0123"),
+            Some(("1", Some("US"), NationalDialling::Nanp)),
+            "NANP numbers are read as US"
+        );
+        assert_eq!(
+            c("0044 20 7946 0958"),
+            Some(("44", Some("GB"), NationalDialling::TrunkZero))
+        );
+        assert_eq!(
+            c("+390612345678"),
+            Some(("39", Some("IT"), NationalDialling::NoTrunk))
+        );
+        assert_eq!(
+            c("+74951234567"),
+            Some(("7", Some("RU"), NationalDialling::Unknown))
+        );
+        // A calling code with no region in the table.
+        assert_eq!(
+            c("+93701234567"),
+            Some(("93", None, NationalDialling::Unknown))
+        );
+        assert_eq!(c("(415) 555-2671"), None, "national: no country");
+        assert_eq!(c("call me"), None);
     }
 
     #[test]
