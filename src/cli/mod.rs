@@ -11,6 +11,7 @@ use crate::config::{ConfigError, EnvSecrets, Settings};
 use crate::engine::report::RunReport;
 use crate::engine::{Engine, EngineError, EngineOptions, RunOptions};
 
+mod check;
 mod crm;
 mod demo;
 pub mod input;
@@ -38,8 +39,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the configuration and connector files; print what is configured.
-    Check,
+    /// Validate the configuration, connector and mapping files, and each
+    /// connected CRM's schema against its mapping; print what is configured.
+    Check(check::CheckArgs),
     /// Apply the database migrations.
     Migrate,
     /// Enrich the leads in a CSV, JSON or JSON Lines file.
@@ -111,7 +113,7 @@ impl CliError {
 
 pub async fn main(cli: Cli) -> ExitCode {
     let res = match cli.command {
-        Command::Check => check(&cli.config),
+        Command::Check(args) => check::run(&cli.config, args).await,
         Command::Migrate => migrate(&cli.config).await,
         Command::Enrich(args) => enrich(&cli.config, args).await,
         Command::Demo(args) => demo::run(&cli.config, args).await,
@@ -126,74 +128,6 @@ pub async fn main(cli: Cli) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-fn check(config: &Path) -> Result<(), CliError> {
-    let s = Settings::load(config, &EnvSecrets)?;
-    println!("{}: ok", config.display());
-    println!("storage: {}", redact_url(&s.storage_url));
-    for (id, a) in &s.accounts {
-        let limits: Vec<String> = a
-            .limits
-            .windows()
-            .iter()
-            .map(|(w, n)| format!("{n}/{}s", w.as_secs()))
-            .collect();
-        println!(
-            "provider {id}: {} ({:?}) at {} · limits {}",
-            a.connector.name,
-            a.connector.role,
-            a.base_url,
-            if limits.is_empty() {
-                "none".into()
-            } else {
-                limits.join(", ")
-            }
-        );
-    }
-    for w in &s.workspaces {
-        println!(
-            "workspace {} ({}){}",
-            w.id,
-            w.name,
-            if w.enabled { "" } else { " · enrichment OFF" }
-        );
-        for (c, order) in &w.order {
-            if !order.is_empty() {
-                println!("  {c}: {}", order.join(" → "));
-            }
-        }
-        if let Some(v) = &w.verifier {
-            println!("  verifier: {v} · catch-all: {:?}", w.catch_all);
-        }
-        for a in &w.audiences {
-            println!(
-                "  audience {}: {} ({} conditions)",
-                a.name,
-                a.channels,
-                a.conditions.len()
-            );
-        }
-        match w.budget {
-            Some(b) => println!("  budget: {} credits per {:?}", b.credits, b.period),
-            None => println!("  budget: unlimited"),
-        }
-        if let Some(crate::config::crm::CrmSettings::HubSpot(h)) = &w.crm {
-            println!(
-                "  crm: hubspot at {} ({}) · limits {}/10s, {} searches/s · mapping {} ({} properties)",
-                h.api_url,
-                match h.auth {
-                    crate::config::crm::HubSpotAuth::OAuth { .. } => "OAuth app",
-                    crate::config::crm::HubSpotAuth::PrivateApp { .. } => "private app",
-                },
-                h.limits.ten_secondly,
-                h.limits.search_per_second,
-                h.mapping_file.display(),
-                h.mapping.fields().len()
-            );
-        }
-    }
-    Ok(())
 }
 
 async fn migrate(config: &Path) -> Result<(), CliError> {

@@ -2,6 +2,7 @@
 //! simulators, real SQLite and PostgreSQL.
 
 mod budget;
+mod check;
 mod config_errors;
 mod db;
 mod exactly_once;
