@@ -35,6 +35,10 @@ pub struct ConnectArgs {
     /// How long to wait for the browser to come back.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// Print what connecting would do (the app, scopes and the properties
+    /// it would create) without opening a browser or storing anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,8 +58,16 @@ pub struct SyncArgs {
     /// Do not write to the CRM.
     #[arg(long)]
     pub no_write: bool,
+    /// Read the changes, but instead of storing, enriching and writing,
+    /// print the preview of what this pass would write and what enriching
+    /// would cost (the watermark does not move).
+    #[arg(long)]
+    pub dry_run: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// With --dry-run: the preview format (table, json or csv).
+    #[arg(long, value_enum)]
+    pub preview_format: Option<super::preview::PreviewFormat>,
 }
 
 fn hub_err(e: HubSpotError) -> CliError {
@@ -80,6 +92,10 @@ pub async fn connect(config: &Path, args: ConnectArgs) -> Result<(), CliError> {
             ws.id
         )));
     };
+    if args.dry_run {
+        connect_plan(&ws.id, h);
+        return Ok(());
+    }
     let store = crate::store::open(&settings.storage_url).await?;
     store.migrate().await?;
     let cipher = match &settings.master_key {
@@ -151,6 +167,45 @@ pub async fn connect(config: &Path, args: ConnectArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// What `connect` would do, printed instead of doing it.
+fn connect_plan(ws: &crate::core::lead::WorkspaceId, h: &crate::config::crm::HubSpotSettings) {
+    println!("Dry run: nothing is opened, stored or created.");
+    match &h.auth {
+        HubSpotAuth::OAuth {
+            redirect_uri,
+            scopes,
+            optional_scopes,
+            ..
+        } => {
+            println!(
+                "workspace {ws} would be connected to HubSpot through the OAuth app at {} \
+                 (authorization code with PKCE, callback {redirect_uri})",
+                h.auth_url
+            );
+            println!("scopes: {}", scopes.join(" "));
+            if !optional_scopes.is_empty() {
+                println!("optional scopes: {}", optional_scopes.join(" "));
+            }
+        }
+        HubSpotAuth::PrivateApp { .. } => println!(
+            "workspace {ws} would be connected to HubSpot with the configured private-app token"
+        ),
+    }
+    println!(
+        "then the {} mapped contact properties of {} would be checked{}:",
+        h.mapping.fields().len(),
+        h.mapping_file.display(),
+        if h.create_properties {
+            ", and those missing created in the `enrichd` group"
+        } else {
+            " (create_properties = false: missing ones are reported, not created)"
+        }
+    );
+    for f in h.mapping.fields() {
+        println!("  {f}");
+    }
+}
+
 fn open_browser(url: &str) {
     let opener = if cfg!(target_os = "macos") {
         "open"
@@ -166,6 +221,63 @@ fn open_browser(url: &str) {
     {
         eprintln!("(could not start a browser; open the URL yourself)");
     }
+}
+
+/// The preview of one sync pass: the changed contacts are read (the
+/// watermark stays where it is) and, instead of being stored, enriched and
+/// written, go through the preview with the stored values.
+async fn dry_run(
+    settings: &Settings,
+    ws: &Arc<crate::config::Workspace>,
+    hub: &HubSpot,
+    store: &dyn crate::store::Store,
+    opts: SyncOptions,
+) -> Result<crate::preview::Preview, CliError> {
+    use crate::crm::hubspot::pull::PageSink;
+    use crate::preview::run::{Options, Previewer};
+
+    struct Sink<'a>(tokio::sync::Mutex<Previewer<'a>>);
+    impl PageSink for Sink<'_> {
+        fn page(
+            &self,
+            leads: Vec<crate::core::lead::Lead>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), HubSpotError>> + Send + '_>,
+        > {
+            Box::pin(async move {
+                self.0
+                    .lock()
+                    .await
+                    .add(leads)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| HubSpotError::Transport {
+                        endpoint: "preview".into(),
+                        message: e.to_string(),
+                    })
+            })
+        }
+    }
+
+    let popts = Options {
+        estimate: opts.enrich,
+        ..Options::default()
+    };
+    let mapping = &hub.settings.mapping;
+    let file = hub.settings.mapping_file.display().to_string();
+    let mapping = opts.write.then_some((&**mapping, file.as_str()));
+    let pv = Previewer::new(settings, ws, mapping, store, &popts, SystemClock.now()).await?;
+    let sink = Sink(tokio::sync::Mutex::new(pv));
+    let puller = hub.dry_run_puller();
+    let state = puller.state().await.map_err(hub_err)?;
+    if opts.full || !state.backfill_done {
+        puller.backfill(&sink).await.map_err(hub_err)?;
+    } else {
+        puller.incremental(&sink).await.map_err(hub_err)?;
+    }
+    let mut p = sink.0.into_inner().finish();
+    p.records = "live";
+    Ok(p)
 }
 
 pub async fn sync(config: &Path, args: SyncArgs) -> Result<(), CliError> {
@@ -187,6 +299,11 @@ pub async fn sync(config: &Path, args: SyncArgs) -> Result<(), CliError> {
         enrich: !args.no_enrich,
         write: !args.no_write,
     };
+    if args.dry_run {
+        let format = args.preview_format.unwrap_or_else(|| args.format.into());
+        let p = dry_run(&settings, &ws, &hub, &*store, opts).await?;
+        return super::preview::print(&p, format);
+    }
     if opts.write {
         schema::ensure(
             &hub.client,

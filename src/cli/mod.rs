@@ -16,6 +16,7 @@ mod crm;
 mod demo;
 pub mod input;
 pub mod output;
+mod preview;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,7 +44,7 @@ pub enum Command {
     /// connected CRM's schema against its mapping; print what is configured.
     Check(check::CheckArgs),
     /// Apply the database migrations.
-    Migrate,
+    Migrate(MigrateArgs),
     /// Enrich the leads in a CSV, JSON or JSON Lines file.
     Enrich(EnrichArgs),
     /// Run enrichd against local simulators of the providers, on a fresh SQLite file.
@@ -52,8 +53,19 @@ pub enum Command {
     Connect(crm::ConnectArgs),
     /// Pull changed leads from the CRM, enrich them and write the values back.
     Sync(crm::SyncArgs),
+    /// Show, per lead and field, what enrichd would write to the CRM and why
+    /// (and with --estimate what enriching the rest would cost), without
+    /// writing, calling a provider or spending a credit.
+    Preview(preview::PreviewArgs),
     /// Print a new master key for encrypting CRM tokens at rest.
     Keygen,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// List the migrations that would be applied, and apply none.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +88,10 @@ pub struct EnrichArgs {
     /// Do not draw a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Print which providers would be asked for each lead and what it would
+    /// cost, instead of enriching (nothing is stored, called or charged).
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,11 +130,12 @@ impl CliError {
 pub async fn main(cli: Cli) -> ExitCode {
     let res = match cli.command {
         Command::Check(args) => check::run(&cli.config, args).await,
-        Command::Migrate => migrate(&cli.config).await,
+        Command::Migrate(args) => migrate(&cli.config, args).await,
         Command::Enrich(args) => enrich(&cli.config, args).await,
         Command::Demo(args) => demo::run(&cli.config, args).await,
         Command::Connect(args) => crm::connect(&cli.config, args).await,
         Command::Sync(args) => crm::sync(&cli.config, args).await,
+        Command::Preview(args) => preview::run(&cli.config, args).await,
         Command::Keygen => crm::keygen(),
     };
     match res {
@@ -130,9 +147,28 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn migrate(config: &Path) -> Result<(), CliError> {
+async fn migrate(config: &Path, args: MigrateArgs) -> Result<(), CliError> {
     let s = Settings::load(config, &EnvSecrets)?;
     let store = crate::store::open(&s.storage_url).await?;
+    if args.dry_run {
+        let pending = store.pending_migrations().await?;
+        if pending.is_empty() {
+            println!(
+                "{} is up to date: nothing to apply",
+                redact_url(&s.storage_url)
+            );
+        } else {
+            println!(
+                "dry run: {} migration(s) would be applied to {}:",
+                pending.len(),
+                redact_url(&s.storage_url)
+            );
+            for m in pending {
+                println!("  {m}");
+            }
+        }
+        return Ok(());
+    }
     store.migrate().await?;
     println!("migrations applied to {}", redact_url(&s.storage_url));
     Ok(())
@@ -153,6 +189,26 @@ async fn enrich(config: &Path, args: EnrichArgs) -> Result<(), CliError> {
         }
         None => pending_leads(&*store, &ws.id, args.limit).await?,
     };
+    if args.dry_run {
+        use crate::clock::Clock;
+        let opts = crate::preview::run::Options {
+            estimate: true,
+            ..Default::default()
+        };
+        let mut pv = crate::preview::run::Previewer::new(
+            &settings,
+            &ws,
+            None,
+            &*store,
+            &opts,
+            SystemClock.now(),
+        )
+        .await?;
+        for chunk in leads.chunks(500) {
+            pv.add(chunk.to_vec()).await?;
+        }
+        return preview::print(&pv.finish(), args.format.into());
+    }
     let (engine, _server) = start_engine(settings.clone(), store).await?;
     let progress = args.format == Format::Table && !args.no_progress;
     let report = run_with_progress(&engine, &ws, leads, progress).await?;

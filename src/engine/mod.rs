@@ -18,7 +18,7 @@ pub mod callbacks;
 pub mod client;
 pub mod limits;
 pub mod report;
-mod run;
+pub(crate) mod run;
 pub mod writer;
 
 use asyncjobs::{AsyncDispatcher, AsyncSettings, CallbackHub};

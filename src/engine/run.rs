@@ -43,23 +43,26 @@ pub struct RunOptions {
     pub progress: Option<Progress>,
 }
 
-/// Everything a lead task needs, computed before any provider call.
-struct Prepared {
-    lead: Lead,
-    identity: Identity,
-    audiences: Vec<String>,
-    configured: ChannelSet,
+/// Everything a lead task needs, computed before any provider call. Pure:
+/// the preview computes the same thing to show what a run would do.
+pub(crate) struct Prepared {
+    pub lead: Lead,
+    pub identity: Identity,
+    pub audiences: Vec<String>,
+    pub configured: ChannelSet,
     /// Usable and fresh values (stored, or on the CRM record).
-    fresh: ChannelSet,
+    pub fresh: ChannelSet,
     /// Stored values past their freshness: re-check.
-    stale: Vec<ChannelValue>,
-    status_before: Option<EnrichmentStatus>,
-    stored: StoredLead,
+    pub stale: Vec<ChannelValue>,
+    /// From the stored values and the values on the CRM record, before
+    /// this run.
+    pub status_before: Option<EnrichmentStatus>,
+    pub stored: StoredLead,
 }
 
 impl Prepared {
     /// Channels to fill: configured, not fresh (stale ones included).
-    fn needed(&self) -> ChannelSet {
+    pub(crate) fn needed(&self) -> ChannelSet {
         self.configured.difference(self.fresh)
     }
 }
@@ -949,7 +952,7 @@ fn idle_report(p: &Prepared, reason: &str) -> LeadReport {
 }
 
 /// Audiences, present values and what is missing, for one lead.
-fn prepare(ws: &Workspace, lead: Lead, stored: StoredLead, now: UnixMillis) -> Prepared {
+pub(crate) fn prepare(ws: &Workspace, lead: Lead, stored: StoredLead, now: UnixMillis) -> Prepared {
     let identity = Identity::from_lead(&lead, &ws.fields);
     let m = membership(&lead, &ws.audiences);
     let audiences = m

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::lead::{LeadId, WorkspaceId};
+use crate::core::lead::{Lead, LeadId, WorkspaceId};
 use crate::core::value::UnixMillis;
 use crate::crm::{CrmEvent, Recorded};
 
@@ -209,6 +209,33 @@ pub trait CrmStore: Send + Sync {
         now: UnixMillis,
     ) -> StoreFuture<'a, ()>;
     fn write_outcomes<'a>(&'a self, ws: &'a WorkspaceId) -> StoreFuture<'a, Vec<WriteOutcome>>;
+
+    /// Up to `limit` stored leads with ids after `after`, in id order (the
+    /// preview pages through a workspace with it).
+    fn lead_page<'a>(
+        &'a self,
+        ws: &'a WorkspaceId,
+        after: Option<&'a LeadId>,
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<Lead>>;
+    /// The stored leads among `ids`, in id order (unknown ids are left out).
+    fn leads_by_ids<'a>(
+        &'a self,
+        ws: &'a WorkspaceId,
+        ids: &'a [LeadId],
+    ) -> StoreFuture<'a, Vec<Lead>>;
+    /// Attempts per provider, channel and outcome: the provider statistics
+    /// behind a preview's estimate.
+    fn attempt_counts<'a>(&'a self, ws: &'a WorkspaceId) -> StoreFuture<'a, Vec<AttemptCount>>;
+}
+
+/// How often a provider answered a channel one way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptCount {
+    pub provider: String,
+    pub channel: String,
+    pub outcome: String,
+    pub count: i64,
 }
 
 const SELECT_CONNECTION: &str = "\
@@ -287,6 +314,21 @@ WHERE workspace = $1 AND lead_id IN (SELECT value FROM json_each($2))";
 const SELECT_WRITTEN_PG: &str = "\
 SELECT lead_id, field, value FROM crm_written
 WHERE workspace = $1 AND lead_id IN (SELECT jsonb_array_elements_text(CAST($2 AS TEXT)::jsonb))";
+
+/// $1 ws, $2 after (exclusive, '' for the start), $3 limit.
+const LEAD_PAGE: &str = "\
+SELECT lead_id, fields FROM leads WHERE workspace = $1 AND lead_id > $2
+ORDER BY lead_id LIMIT $3";
+const LEADS_BY_IDS_SQLITE: &str = "\
+SELECT lead_id, fields FROM leads
+WHERE workspace = $1 AND lead_id IN (SELECT value FROM json_each($2)) ORDER BY lead_id";
+const LEADS_BY_IDS_PG: &str = "\
+SELECT lead_id, fields FROM leads
+WHERE workspace = $1 AND lead_id IN (SELECT jsonb_array_elements_text(CAST($2 AS TEXT)::jsonb))
+ORDER BY lead_id";
+const ATTEMPT_COUNTS: &str = "\
+SELECT provider, channel, outcome, COUNT(*) AS count FROM attempts
+WHERE workspace = $1 GROUP BY provider, channel, outcome ORDER BY provider, channel, outcome";
 
 /// Ids per statement for the batched reads.
 const IDS_PER_QUERY: usize = 500;
@@ -409,6 +451,14 @@ pub(crate) struct WrittenDbRow {
 }
 
 #[derive(sqlx::FromRow)]
+pub(crate) struct AttemptCountDbRow {
+    provider: String,
+    channel: String,
+    outcome: String,
+    count: i64,
+}
+
+#[derive(sqlx::FromRow)]
 pub(crate) struct WriteOutcomeDbRow {
     lead_id: String,
     state: String,
@@ -424,7 +474,7 @@ fn corrupt(table: &'static str, message: String) -> StoreError {
 /// `$write` the pool (or single writer connection) writes use; the two
 /// batched reads take the backend's statement (JSON expansion differs).
 macro_rules! impl_crm_store {
-    ($ty:ty, $read:ident, $write:ident, $companies_sql:expr, $written_sql:expr) => {
+    ($ty:ty, $read:ident, $write:ident, $companies_sql:expr, $written_sql:expr, $leads_sql:expr) => {
         impl $crate::store::crm::CrmStore for $ty {
             fn connection<'a>(
                 &'a self,
@@ -805,6 +855,74 @@ macro_rules! impl_crm_store {
                         .collect())
                 })
             }
+
+            fn lead_page<'a>(
+                &'a self,
+                ws: &'a WorkspaceId,
+                after: Option<&'a LeadId>,
+                limit: i64,
+            ) -> StoreFuture<'a, Vec<Lead>> {
+                Box::pin(async move {
+                    let rows: Vec<crate::store::sql::LeadRow> = sqlx::query_as(LEAD_PAGE)
+                        .bind(ws.as_str())
+                        .bind(after.map_or("", LeadId::as_str))
+                        .bind(limit)
+                        .fetch_all(&self.$read)
+                        .await
+                        .map_err(StoreError::db("read a page of leads"))?;
+                    rows.into_iter()
+                        .map(crate::store::sql::LeadRow::into_lead)
+                        .collect()
+                })
+            }
+
+            fn leads_by_ids<'a>(
+                &'a self,
+                ws: &'a WorkspaceId,
+                ids: &'a [LeadId],
+            ) -> StoreFuture<'a, Vec<Lead>> {
+                Box::pin(async move {
+                    let mut out = Vec::with_capacity(ids.len());
+                    for chunk in ids.chunks(IDS_PER_QUERY) {
+                        let ids: Vec<&str> = chunk.iter().map(LeadId::as_str).collect();
+                        let list = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+                        let rows: Vec<crate::store::sql::LeadRow> = sqlx::query_as($leads_sql)
+                            .bind(ws.as_str())
+                            .bind(list)
+                            .fetch_all(&self.$read)
+                            .await
+                            .map_err(StoreError::db("read leads by id"))?;
+                        for r in rows {
+                            out.push(r.into_lead()?);
+                        }
+                    }
+                    out.sort_by(|a, b| a.id.cmp(&b.id));
+                    out.dedup_by(|a, b| a.id == b.id);
+                    Ok(out)
+                })
+            }
+
+            fn attempt_counts<'a>(
+                &'a self,
+                ws: &'a WorkspaceId,
+            ) -> StoreFuture<'a, Vec<AttemptCount>> {
+                Box::pin(async move {
+                    let rows: Vec<AttemptCountDbRow> = sqlx::query_as(ATTEMPT_COUNTS)
+                        .bind(ws.as_str())
+                        .fetch_all(&self.$read)
+                        .await
+                        .map_err(StoreError::db("count attempts"))?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|r| AttemptCount {
+                            provider: r.provider,
+                            channel: r.channel,
+                            outcome: r.outcome,
+                            count: r.count,
+                        })
+                        .collect())
+                })
+            }
         }
     };
 }
@@ -816,13 +934,15 @@ mod imp {
         pool,
         writer,
         SELECT_COMPANIES_SQLITE,
-        SELECT_WRITTEN_SQLITE
+        SELECT_WRITTEN_SQLITE,
+        LEADS_BY_IDS_SQLITE
     );
     impl_crm_store!(
         crate::store::postgres::PgStore,
         pool,
         pool,
         SELECT_COMPANIES_PG,
-        SELECT_WRITTEN_PG
+        SELECT_WRITTEN_PG,
+        LEADS_BY_IDS_PG
     );
 }

@@ -323,6 +323,10 @@ pub trait Store: crm::CrmStore + Send + Sync + 'static {
     /// starting together on PostgreSQL).
     fn migrate(&self) -> StoreFuture<'_, ()>;
 
+    /// The embedded migrations not applied yet (`version description`), in
+    /// order: what `migrate` would do. Reads only.
+    fn pending_migrations(&self) -> StoreFuture<'_, Vec<String>>;
+
     /// Inserts or updates leads (fields and ICP score).
     fn upsert_leads<'a>(
         &'a self,
@@ -437,4 +441,13 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }
+}
+
+/// Migrations of `migrator` whose version is not in `applied`.
+pub(crate) fn pending_of(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<String> {
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect()
 }

@@ -875,6 +875,24 @@ impl Store for PgStore {
         })
     }
 
+    fn pending_migrations(&self) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::db("read applied migrations"))?;
+            let applied: Vec<i64> = if exists > 0 {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::db("read applied migrations"))?
+            } else {
+                Vec::new()
+            };
+            Ok(super::pending_of(&MIGRATOR, &applied))
+        })
+    }
+
     fn upsert_leads<'a>(
         &'a self,
         ws: &'a WorkspaceId,

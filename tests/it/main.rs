@@ -10,6 +10,7 @@ mod failures;
 mod fullenrich;
 mod hubspot;
 mod misc;
+mod preview;
 mod store;
 mod support;
 mod verify;

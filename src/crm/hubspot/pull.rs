@@ -94,6 +94,9 @@ pub struct Puller {
     pub store: Arc<dyn Store>,
     pub ws: Arc<Workspace>,
     pub clock: Arc<dyn Clock>,
+    /// A dry run reads without moving the sync's watermark (the company
+    /// cache, a copy of CRM data, is still kept).
+    pub dry_run: bool,
 }
 
 /// Which side of the backfill keeps which ids.
@@ -179,9 +182,11 @@ impl Puller {
         state.backfill_done = true;
         state.last_sync_at = Some(self.clock.now());
         state.last_error = None;
-        self.store
-            .save_sync_state(&self.ws.id, CRM, OBJECT, &state)
-            .await?;
+        if !self.dry_run {
+            self.store
+                .save_sync_state(&self.ws.id, CRM, OBJECT, &state)
+                .await?;
+        }
         let mut r = report.into_inner().unwrap_or_else(|e| e.into_inner());
         r.watermark = Some(start);
         Ok(r)
@@ -546,9 +551,11 @@ impl Puller {
         state.watermark = Some(start.max(watermark));
         state.last_sync_at = Some(self.clock.now());
         state.last_error = None;
-        self.store
-            .save_sync_state(&self.ws.id, CRM, OBJECT, &state)
-            .await?;
+        if !self.dry_run {
+            self.store
+                .save_sync_state(&self.ws.id, CRM, OBJECT, &state)
+                .await?;
+        }
         let mut r = report.into_inner().unwrap_or_else(|e| e.into_inner());
         r.watermark = state.watermark;
         Ok(r)

@@ -13,11 +13,7 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::config::crm::{CrmSettings, HubSpotSettings};
 use crate::config::{Settings, Workspace};
-use crate::core::channel::Channel;
 use crate::core::lead::{Lead, LeadId};
-use crate::core::mapping::{self, CrmFields};
-use crate::core::status::EnrichmentStatus;
-use crate::core::value::ChannelValue;
 use crate::crypto::TokenCipher;
 use crate::engine::{Engine, RunOptions};
 use crate::store::Store;
@@ -125,6 +121,15 @@ impl HubSpot {
             store: self.store.clone(),
             ws: self.ws.clone(),
             clock: self.clock.clone(),
+            dry_run: false,
+        }
+    }
+
+    /// A puller for dry runs: it reads, and never moves the watermark.
+    pub fn dry_run_puller(&self) -> Puller {
+        Puller {
+            dry_run: true,
+            ..self.puller()
         }
     }
 
@@ -324,41 +329,25 @@ impl HubSpot {
                     .map(|s| vec![r.value.field.clone(), s.field.clone()])
             })
             .collect();
+        let mut stored = stored;
         let mut out = Vec::new();
         for lead in leads {
-            let Some(s) = stored.get(&lead.id) else {
+            let Some(s) = stored.remove(&lead.id) else {
                 continue;
             };
-            let record: CrmFields = m
-                .fields()
-                .into_iter()
-                .map(|f| (f.to_string(), lead.text(f)))
-                .collect();
-            let values: BTreeMap<Channel, ChannelValue> =
-                s.values.iter().map(|v| (v.channel, v.clone())).collect();
-            let status = s
-                .status
-                .as_ref()
-                .and_then(|r| r.enrichment_status.as_deref())
-                .and_then(EnrichmentStatus::parse);
             let empty = BTreeMap::new();
-            let decisions = mapping::decide(
-                m,
-                &record,
-                &values,
-                status,
-                ours.get(&lead.id).unwrap_or(&empty),
-                now,
-            );
-            let changes = mapping::changes(&decisions);
+            let ours = ours.get(&lead.id).unwrap_or(&empty);
+            // The same decision the preview shows (crate::preview::plan_lead).
+            let p = crate::engine::run::prepare(&self.ws, lead, s, now);
+            let changes = crate::preview::plan_lead(m, &p, ours, now).changes();
             if !changes.is_empty() {
                 out.push(Planned {
                     item: WriteItem {
-                        lead_id: lead.id.clone(),
+                        lead_id: p.lead.id.clone(),
                         changes,
                         groups: groups.clone(),
                     },
-                    lead,
+                    lead: p.lead,
                 });
             }
         }
