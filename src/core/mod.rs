@@ -4,6 +4,7 @@
 
 pub mod audience;
 pub mod channel;
+pub mod jobs;
 pub mod lead;
 pub mod ledger;
 pub mod mapping;

@@ -20,6 +20,7 @@ use crate::core::outcome::{MilliCredits, OutcomeKind};
 use crate::core::value::{ChannelValue, UnixMillis};
 
 pub mod crm;
+pub mod jobs;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -318,7 +319,7 @@ pub struct Totals {
 }
 
 /// Durable state. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
-pub trait Store: crm::CrmStore + Send + Sync + 'static {
+pub trait Store: crm::CrmStore + jobs::JobStore + Send + Sync + 'static {
     /// Applies the embedded migrations (idempotent; safe for replicas
     /// starting together on PostgreSQL).
     fn migrate(&self) -> StoreFuture<'_, ()>;

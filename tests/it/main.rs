@@ -9,6 +9,7 @@ mod exactly_once;
 mod failures;
 mod fullenrich;
 mod hubspot;
+mod jobs;
 mod misc;
 mod preview;
 mod store;
