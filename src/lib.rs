@@ -19,6 +19,7 @@ pub mod core;
 pub mod crm;
 pub mod crypto;
 pub mod engine;
+pub mod metrics;
 pub mod preview;
 pub mod providers;
 pub mod secret;

@@ -133,11 +133,13 @@ impl ProviderClient {
     /// One HTTP exchange under the limiter.
     async fn send(&self, req: &HttpRequest) -> Result<HttpResponse, Sent> {
         let waited = Instant::now();
-        let _permit = self
-            .limiter
-            .acquire(self.max_retry_wait)
-            .await
-            .map_err(Sent::NotNow)?;
+        let permit = self.limiter.acquire(self.max_retry_wait).await;
+        let metrics = crate::metrics::metrics();
+        metrics.limiter_waited(&self.account.id, waited.elapsed());
+        let _permit = permit.map_err(|wait| {
+            metrics.limiter_held_back(&self.account.id);
+            Sent::NotNow(wait)
+        })?;
         self.stats
             .limiter_wait_ms
             .fetch_add(waited.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -219,12 +221,14 @@ impl ProviderClient {
             let value = match self.send(req).await {
                 Ok(resp) => {
                     tries.fetch_add(1, Ordering::Relaxed);
+                    self.count_try(req.endpoint, Some(resp.status));
                     *status.lock().unwrap_or_else(|e| e.into_inner()) = Some(resp.status);
                     classify(&resp)
                 }
                 Err(e) => {
                     if matches!(e, Sent::Failed(_)) {
                         tries.fetch_add(1, Ordering::Relaxed);
+                        self.count_try(req.endpoint, None);
                     }
                     transport(e)
                 }
@@ -260,6 +264,15 @@ impl ProviderClient {
             tries: tries.load(Ordering::Relaxed) as u32,
             http_status: *status.lock().unwrap_or_else(|e| e.into_inner()),
             latency: started.elapsed(),
+        }
+    }
+
+    /// Metrics of one HTTP try (`None`: no answer came back).
+    fn count_try(&self, endpoint: &str, status: Option<u16>) {
+        let metrics = crate::metrics::metrics();
+        metrics.api_request(&self.account.id, endpoint, status);
+        if status == Some(429) {
+            metrics.rate_limited(&self.account.id, "429");
         }
     }
 

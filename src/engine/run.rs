@@ -599,6 +599,7 @@ impl Engine {
                         k += 1;
                         if charged {
                             credits = ws.prices.of(c);
+                            crate::metrics::metrics().credits_charged(ws.id.as_str(), credits);
                         }
                         lead.credits += credits;
                         lead.filled.push(FilledValue {

@@ -10,6 +10,7 @@ mod failures;
 mod fullenrich;
 mod hubspot;
 mod jobs;
+mod metrics;
 mod misc;
 mod preview;
 mod store;

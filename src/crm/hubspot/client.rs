@@ -74,7 +74,9 @@ impl ClientStats {
         }
         out
     }
+    /// One try (`status` 0: no answer), here and in the process metrics.
     fn count(&self, endpoint: &str, status: u16) {
+        crate::metrics::metrics().api_request("hubspot", endpoint, (status != 0).then_some(status));
         *self
             .calls
             .lock()
@@ -192,12 +194,14 @@ impl HubSpotClient {
             if parked.is_some_and(|until| until > self.clock.now()) {
                 return Err(self.park(&endpoint));
             }
+            let waited = Instant::now();
             match bucket {
                 BucketKind::General => self.general.acquire().await,
                 BucketKind::GeneralSpare => self.general.acquire_spare().await,
                 BucketKind::Search => self.search.acquire().await,
                 BucketKind::Exempt => {}
             }
+            crate::metrics::metrics().limiter_waited("hubspot", waited.elapsed());
             if !self.daily.take(self.day_of(self.clock.now())) {
                 return Err(self.park(&endpoint));
             }
@@ -336,6 +340,7 @@ impl HubSpotClient {
             429 => {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 let policy = text("policyName");
+                crate::metrics::metrics().rate_limited("hubspot", policy_label(&policy));
                 let message = text("message");
                 if policy == "DAILY" || message.contains("daily limit") {
                     return Verdict::Fail(self.park(endpoint));
@@ -462,6 +467,18 @@ fn without_url(e: &reqwest::Error) -> String {
         s = s.replace(u.as_str(), "");
     }
     s.trim().trim_end_matches(['(', ')']).trim().to_string()
+}
+
+/// A 429's `policyName` as a metrics label: HubSpot's names, anything else
+/// folded (the body is not ours to trust with label cardinality).
+fn policy_label(policy: &str) -> &'static str {
+    match policy {
+        "TEN_SECONDLY_ROLLING" => "TEN_SECONDLY_ROLLING",
+        "SECONDLY" => "SECONDLY",
+        "DAILY" => "DAILY",
+        "" => "none",
+        _ => "other",
+    }
 }
 
 /// `POST /crm/v3/objects/contacts/search` from method and path (query and

@@ -42,6 +42,7 @@ use crate::clock::Clock;
 use crate::core::lead::{LeadId, WorkspaceId};
 use crate::core::value::UnixMillis;
 use crate::crm::{CrmEvent, EventSink};
+use crate::metrics::Rejection;
 use crate::secret::Secret;
 
 /// The route this module serves.
@@ -516,6 +517,20 @@ fn error(status: StatusCode, message: String) -> Answer {
     (status, Json(json!({ "error": message })))
 }
 
+/// The metrics label of a refused signature.
+fn rejection(e: &SignatureError) -> Rejection {
+    match e {
+        SignatureError::MissingTimestamp
+        | SignatureError::BadTimestamp
+        | SignatureError::Stale { .. }
+        | SignatureError::Future { .. } => Rejection::Timestamp,
+        SignatureError::NoSecret => Rejection::NoPortal,
+        SignatureError::MissingSignature
+        | SignatureError::MalformedSignature
+        | SignatureError::Mismatch => Rejection::Signature,
+    }
+}
+
 async fn deliver(
     State(state): State<Arc<WebhookState>>,
     uri: Uri,
@@ -552,6 +567,7 @@ async fn deliver(
             } else {
                 tracing::warn!(reason = %e, bytes = body.len(), "hubspot webhook rejected");
             }
+            crate::metrics::metrics().webhook_rejected("hubspot", rejection(&e));
             return error(StatusCode::UNAUTHORIZED, e.to_string());
         }
     };
@@ -568,6 +584,7 @@ async fn deliver(
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(reason = %e, "hubspot webhook: bad body");
+            crate::metrics::metrics().webhook_rejected("hubspot", Rejection::Malformed);
             return error(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
@@ -623,6 +640,7 @@ async fn deliver(
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, events = n, "hubspot webhook: could not record events");
+                crate::metrics::metrics().webhook_rejected("hubspot", Rejection::Store);
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "could not record the events; retry later".into(),
@@ -636,6 +654,14 @@ async fn deliver(
         duplicates,
         rejected,
         "hubspot webhook delivery recorded"
+    );
+    let metrics = crate::metrics::metrics();
+    metrics.webhook_accepted("hubspot");
+    metrics.webhook_events(
+        "hubspot",
+        recorded.inserted as u64,
+        duplicates as u64,
+        rejected as u64,
     );
     (
         StatusCode::OK,
