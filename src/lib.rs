@@ -18,6 +18,7 @@ pub mod config;
 pub mod core;
 pub mod crm;
 pub mod crypto;
+pub mod daemon;
 pub mod engine;
 pub mod metrics;
 pub mod preview;

@@ -4,6 +4,11 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    enrichd::telemetry::init();
-    enrichd::cli::main(enrichd::cli::Cli::parse()).await
+    let cli = enrichd::cli::Cli::parse();
+    if matches!(cli.command, enrichd::cli::Command::Run) {
+        enrichd::telemetry::init_json();
+    } else {
+        enrichd::telemetry::init();
+    }
+    enrichd::cli::main(cli).await
 }

@@ -59,6 +59,9 @@ pub enum Command {
     Preview(preview::PreviewArgs),
     /// Print a new master key for encrypting CRM tokens at rest.
     Keygen,
+    /// The daemon: webhooks, scheduled syncs and enrichment until SIGTERM or
+    /// SIGINT (logs as JSON on stderr).
+    Run,
 }
 
 #[derive(Debug, clap::Args)]
@@ -137,6 +140,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Sync(args) => crm::sync(&cli.config, args).await,
         Command::Preview(args) => preview::run(&cli.config, args).await,
         Command::Keygen => crm::keygen(),
+        Command::Run => run(&cli.config).await,
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,6 +148,51 @@ pub async fn main(cli: Cli) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+async fn run(config: &Path) -> Result<(), CliError> {
+    use crate::daemon::DaemonError;
+    let settings = Arc::new(Settings::load(config, &EnvSecrets)?);
+    let store = crate::store::open(&settings.storage_url).await?;
+    store.migrate().await?;
+    let daemon_err = |e: DaemonError| match e {
+        DaemonError::NoListen { .. } => CliError::Usage(e.to_string()),
+        e => CliError::Crm(e.to_string()),
+    };
+    let listener = crate::daemon::bind(&settings).await.map_err(daemon_err)?;
+    crate::daemon::run(
+        settings,
+        store,
+        Arc::new(SystemClock),
+        listener,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(daemon_err)
+}
+
+/// SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

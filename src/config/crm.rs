@@ -42,6 +42,7 @@ pub(super) struct RawCrm {
     #[serde(default)]
     limits: RawHubSpotLimits,
     lookback_minutes: Option<u64>,
+    sync_interval_secs: Option<u64>,
     refresh_margin_secs: Option<u64>,
     company_ttl_hours: Option<u64>,
     create_properties: Option<bool>,
@@ -105,6 +106,8 @@ pub struct HubSpotSettings {
     /// Incremental syncs re-read this much before the watermark (search
     /// results appear "a few moments" after a change).
     pub lookback: Duration,
+    /// How often `enrichd run` starts an incremental sync.
+    pub sync_interval: Duration,
     /// Access tokens are refreshed this long before they expire.
     pub refresh_margin: Duration,
     /// Company fields older than this are read again when a contact refers
@@ -291,6 +294,7 @@ impl Validator {
             mapping: mapping?,
             limits,
             lookback: Duration::from_secs(raw.lookback_minutes.unwrap_or(10) * 60),
+            sync_interval: Duration::from_secs(raw.sync_interval_secs.unwrap_or(300).max(1)),
             refresh_margin: Duration::from_secs(raw.refresh_margin_secs.unwrap_or(300)),
             company_ttl: Duration::from_secs(raw.company_ttl_hours.unwrap_or(24) * 3600),
             create_properties: raw.create_properties.unwrap_or(true),

@@ -85,6 +85,7 @@ struct RawStorage {
 struct RawServer {
     listen: Option<String>,
     public_url: Option<String>,
+    shutdown_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,6 +315,8 @@ pub struct Settings {
     pub storage_url: String,
     pub listen: Option<SocketAddr>,
     pub public_url: Option<String>,
+    /// `enrichd run`: how long SIGTERM waits for in-flight work.
+    pub shutdown_grace: Duration,
     pub engine: EngineSettings,
     pub accounts: BTreeMap<String, Arc<Account>>,
     pub workspaces: Vec<Arc<Workspace>>,
@@ -472,6 +475,7 @@ impl Validator {
             file: path.to_path_buf(),
             storage_url: storage_url?,
             listen,
+            shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs.unwrap_or(25)),
             public_url: raw
                 .server
                 .public_url

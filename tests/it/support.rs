@@ -46,6 +46,8 @@ pub struct HarnessBuilder {
     store_url: Option<String>,
     connector_files: Vec<(String, String)>,
     hubspot: Option<HubSpotSpec>,
+    /// Lines of a `[server]` section.
+    server: Option<String>,
 }
 
 /// A HubSpot simulator seeded from the population, and the workspace's
@@ -75,7 +77,14 @@ impl HarnessBuilder {
             store_url: None,
             connector_files: Vec::new(),
             hubspot: None,
+            server: None,
         }
+    }
+
+    /// A `[server]` section (for `enrichd run` as a process).
+    pub fn server(mut self, toml: &str) -> Self {
+        self.server = Some(toml.to_string());
+        self
     }
 
     /// A HubSpot simulator and the workspace connected to it (not yet
@@ -166,6 +175,9 @@ impl HarnessBuilder {
             }
         }
         let mut toml = format!("[storage]\nurl = \"{store_url}\"\n\n[engine]\n{engine}\n\n");
+        if let Some(server) = &self.server {
+            toml.push_str(&format!("[server]\n{server}\n\n"));
+        }
         for p in self.providers {
             let sim = enrichd_sim::start(p.kind, population.clone(), p.opts)
                 .await

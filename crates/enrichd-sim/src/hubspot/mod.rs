@@ -567,6 +567,17 @@ impl HubSpotSim {
         self.sh.auth().expire_all(now_ms());
     }
 
+    /// Every access and refresh token issued and still known (tests check
+    /// that none reaches a log).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let auth = self.sh.auth();
+        auth.access
+            .keys()
+            .chain(auth.refresh.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Revoke every refresh token (access tokens stay valid until they expire).
     pub fn revoke_refresh_tokens(&self) {
         self.sh.auth().refresh.clear();

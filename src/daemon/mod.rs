@@ -1,0 +1,369 @@
+//! `enrichd run`: the long-running service.
+//!
+//! One HTTP server (CRM webhooks, provider callbacks, health, readiness,
+//! metrics) and, per workspace with a CRM, two loops over its connector:
+//! a scheduled incremental sync, and the handling of recorded webhook
+//! events, woken as soon as a delivery is recorded (polling as the
+//! fallback). Everything they do is durable already: a webhook event is
+//! stored before it is acknowledged and marked done only once handled; the
+//! sync watermark moves only after a whole pass. So a stop at any moment
+//! loses nothing — SIGTERM or SIGINT stops the server and the loops taking
+//! new work, waits up to `server.shutdown_grace_secs` for what is in
+//! flight, and what is cut off runs again on the next start.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::config::crm::CrmSettings;
+use crate::core::lead::WorkspaceId;
+use crate::crm::hubspot::sync::{HubSpot, SyncOptions, webhook_state};
+use crate::crm::{EventSink, SinkFuture, StoreSink};
+use crate::engine::{Engine, EngineOptions};
+use crate::store::Store;
+use crate::store::crm::ConnectionState;
+
+/// How often recorded events are looked for when no delivery woke the loop
+/// (events recorded by another process, or before a restart).
+const EVENTS_POLL: Duration = Duration::from_secs(5);
+/// A failed sync pass is retried after this long (at most the interval).
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "`enrichd run` needs server.listen in {file} (the address CRM webhooks and provider callbacks reach); add e.g. listen = \"127.0.0.1:8787\" under [server]"
+    )]
+    NoListen { file: String },
+    #[error(
+        "cannot listen on {addr} (server.listen): {message}; change server.listen or stop the other process"
+    )]
+    Bind { addr: String, message: String },
+    #[error("{0}")]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("HubSpot: {0}")]
+    HubSpot(String),
+    #[error("the HTTP server stopped: {0}")]
+    Server(String),
+}
+
+/// Records deliveries in the store, then wakes the workspace's event loop.
+struct WakingSink {
+    inner: StoreSink,
+    wake: BTreeMap<WorkspaceId, Arc<Notify>>,
+}
+
+impl EventSink for WakingSink {
+    fn record(&self, events: Vec<crate::crm::CrmEvent>) -> SinkFuture<'_> {
+        Box::pin(async move {
+            let workspaces: Vec<WorkspaceId> = events.iter().map(|e| e.workspace.clone()).collect();
+            let r = self.inner.record(events).await?;
+            if r.inserted > 0 {
+                for ws in workspaces {
+                    if let Some(n) = self.wake.get(&ws) {
+                        n.notify_one();
+                    }
+                }
+            }
+            Ok(r)
+        })
+    }
+}
+
+/// What the health routes read.
+struct Health {
+    settings: Arc<Settings>,
+    store: Arc<dyn Store>,
+}
+
+/// Binds `server.listen`.
+pub async fn bind(settings: &Settings) -> Result<tokio::net::TcpListener, DaemonError> {
+    let addr = settings.listen.ok_or_else(|| DaemonError::NoListen {
+        file: settings.file.display().to_string(),
+    })?;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| DaemonError::Bind {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// Runs until `shutdown` completes, then drains within the grace period.
+pub async fn run(
+    settings: Arc<Settings>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let local = listener
+        .local_addr()
+        .map_err(|e| DaemonError::Server(e.to_string()))?;
+    let public = settings
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
+    let engine = Arc::new(Engine::new(
+        settings.clone(),
+        store.clone(),
+        clock.clone(),
+        EngineOptions {
+            callback_base: Some(public.clone()),
+            ..EngineOptions::default()
+        },
+    )?);
+
+    // Per workspace with a CRM: its connector and what wakes its event loop.
+    let mut hubs: Vec<(Arc<HubSpot>, Arc<Notify>)> = Vec::new();
+    for ws in &settings.workspaces {
+        if !matches!(ws.crm, Some(CrmSettings::HubSpot(_))) {
+            continue;
+        }
+        let hub = HubSpot::open(&settings, ws, store.clone(), clock.clone())
+            .map_err(|e| DaemonError::HubSpot(e.to_string()))?;
+        if let Some(hub) = hub {
+            hubs.push((Arc::new(hub), Arc::new(Notify::new())));
+        }
+    }
+    let mut hooks = webhook_state(
+        &settings,
+        store.clone(),
+        clock.clone(),
+        format!("{public}{}", crate::crm::hubspot::webhook::PATH),
+    )
+    .await
+    .map_err(|e| DaemonError::HubSpot(e.to_string()))?;
+    hooks.sink = Arc::new(WakingSink {
+        inner: StoreSink {
+            store: store.clone(),
+            clock: clock.clone(),
+        },
+        wake: hubs
+            .iter()
+            .map(|(h, n)| (h.ws.id.clone(), n.clone()))
+            .collect(),
+    });
+
+    let health = Arc::new(Health {
+        settings: settings.clone(),
+        store: store.clone(),
+    });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health)
+        .merge(crate::crm::hubspot::webhook::router(Arc::new(hooks)))
+        .merge(crate::engine::callbacks::router(engine.clone()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut work = JoinSet::new();
+    for (hub, wake) in &hubs {
+        work.spawn(sync_loop(hub.clone(), engine.clone(), stop_rx.clone()));
+        work.spawn(events_loop(
+            hub.clone(),
+            engine.clone(),
+            wake.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    tracing::info!(listen = %local, workspaces = hubs.len(), "enrichd run started");
+
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    shutdown.await;
+    tracing::info!(
+        grace_secs = settings.shutdown_grace.as_secs(),
+        "stopping: no new work, draining"
+    );
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(settings.shutdown_grace, async {
+        while work.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "grace period over: in-flight work is stopped and resumes on the next start"
+        );
+        work.abort_all();
+    }
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(2), server).await {
+        return Err(DaemonError::Server(e.to_string()));
+    }
+    tracing::info!("enrichd run stopped");
+    Ok(())
+}
+
+/// Waits `d`, or less when asked to stop; true when stopping.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    stopped || *stop.borrow()
+}
+
+/// Whether the workspace's connection can be used now.
+async fn usable(hub: &HubSpot) -> bool {
+    match hub
+        .store
+        .connection(&hub.ws.id, crate::crm::hubspot::auth::CRM)
+        .await
+    {
+        Ok(Some(c)) if c.state == ConnectionState::Connected => true,
+        Ok(Some(c)) => {
+            tracing::warn!(workspace = %hub.ws.id, reason = %c.reason, "HubSpot connection needs `enrichd connect hubspot` again; not syncing");
+            false
+        }
+        // A private-app token needs no stored connection.
+        Ok(None) => matches!(
+            hub.settings.auth,
+            crate::config::crm::HubSpotAuth::PrivateApp { .. }
+        ),
+        Err(e) => {
+            tracing::warn!(workspace = %hub.ws.id, error = %e, "cannot read the HubSpot connection");
+            false
+        }
+    }
+}
+
+/// A sync pass now, then one every `sync_interval`.
+async fn sync_loop(hub: Arc<HubSpot>, engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
+    let every = hub.settings.sync_interval;
+    loop {
+        let wait = if usable(&hub).await {
+            let opts = SyncOptions {
+                full: false,
+                enrich: true,
+                write: true,
+            };
+            match hub.sync(Some(&engine), opts).await {
+                Ok(r) => {
+                    tracing::info!(
+                        workspace = %hub.ws.id,
+                        pulled = r.pull.contacts,
+                        enriched = r.enriched,
+                        written = r.write.records_written,
+                        failed = r.write.records_failed,
+                        "sync pass done"
+                    );
+                    every
+                }
+                Err(e) => {
+                    tracing::warn!(workspace = %hub.ws.id, error = %e, "sync pass failed; retrying");
+                    RETRY_AFTER.min(every)
+                }
+            }
+        } else {
+            every
+        };
+        if pause(&mut stop, wait).await {
+            return;
+        }
+    }
+}
+
+/// Handles recorded webhook events as soon as a delivery is recorded.
+async fn events_loop(
+    hub: Arc<HubSpot>,
+    engine: Arc<Engine>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if usable(&hub).await {
+            let opts = SyncOptions {
+                full: false,
+                enrich: true,
+                write: true,
+            };
+            match hub.process_events(Some(&engine), opts).await {
+                Ok(r) if r.events > 0 => tracing::info!(
+                    workspace = %hub.ws.id,
+                    events = r.events,
+                    ignored = r.ignored,
+                    enriched = r.enriched,
+                    written = r.write.records_written,
+                    "webhook events handled"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(workspace = %hub.ws.id, error = %e, "handling webhook events failed; they stay pending")
+                }
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(EVENTS_POLL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// 200 when the database answers and every CRM connection is usable; 503
+/// with what is wrong otherwise.
+async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    let mut problems = Vec::new();
+    if let Err(e) = h.store.pending_migrations().await {
+        problems.push(format!("database: {e}"));
+    }
+    for ws in &h.settings.workspaces {
+        if let Some(CrmSettings::HubSpot(hs)) = &ws.crm {
+            match h.store.connection(&ws.id, "hubspot").await {
+                Ok(Some(c)) if c.state == ConnectionState::Connected => {}
+                Ok(Some(c)) => problems.push(format!(
+                    "workspace {}: HubSpot reconnect required ({}): run `enrichd connect hubspot`",
+                    ws.id, c.reason
+                )),
+                Ok(None)
+                    if matches!(hs.auth, crate::config::crm::HubSpotAuth::PrivateApp { .. }) => {}
+                Ok(None) => problems.push(format!(
+                    "workspace {}: HubSpot not connected: run `enrichd connect hubspot`",
+                    ws.id
+                )),
+                Err(e) => problems.push(format!("workspace {}: {e}", ws.id)),
+            }
+        }
+    }
+    let body = serde_json::json!({ "ready": problems.is_empty(), "problems": problems });
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(_h): State<Arc<Health>>) -> impl IntoResponse {
+    (
+        [("content-type", crate::metrics::CONTENT_TYPE)],
+        crate::metrics::metrics().render(),
+    )
+}
