@@ -2,7 +2,13 @@
 //! short window are submitted together (up to the provider's batch size),
 //! the job is recorded durably with an unguessable callback token, and the
 //! result arrives by signed callback or, as the fallback, by polling, until
-//! the deadline. Each lead task gets its own item's outcome back.
+//! the deadline. Each lead task gets its own item's outcome back, applies
+//! it (values, charges, attempts) and acknowledges; the job is marked done
+//! only once every lead acknowledged. A job still open when the process
+//! stops (a crash, `kill -9`) is resumed by the next process
+//! (`engine::run::resume`): its result is fetched (stored callback, or a
+//! poll — not a new submission) and applied, so the provider is not asked
+//! again for what it was already asked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,7 +79,18 @@ pub struct AsyncRequest {
     pub lead: LeadId,
     pub identity: Identity,
     pub channels: ChannelSet,
-    pub reply: oneshot::Sender<Exchange<Classified>>,
+    pub reply: oneshot::Sender<(Exchange<Classified>, Option<JobAck>)>,
+}
+
+/// Handed back with a job's outcome: the lead task calls [`JobAck::done`]
+/// once the outcome is stored (values, charges, attempts). The job is
+/// marked done when every lead of it did; until then a restart resumes it.
+pub struct JobAck(oneshot::Sender<()>);
+
+impl JobAck {
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
 }
 
 pub struct AsyncSettings {
@@ -103,7 +120,9 @@ impl AsyncDispatcher {
         AsyncDispatcher { tx }
     }
 
-    /// Submits one lead and waits for its outcome.
+    /// Submits one lead and waits for its outcome; when the outcome came
+    /// from a recorded job, also the acknowledgement to give once it is
+    /// stored.
     pub async fn find(
         &self,
         ws: &WorkspaceId,
@@ -111,7 +130,7 @@ impl AsyncDispatcher {
         lead: &LeadId,
         identity: &Identity,
         channels: ChannelSet,
-    ) -> Exchange<Classified> {
+    ) -> (Exchange<Classified>, Option<JobAck>) {
         let (reply, rx) = oneshot::channel();
         let req = AsyncRequest {
             ws: ws.clone(),
@@ -128,9 +147,9 @@ impl AsyncDispatcher {
             latency: Duration::ZERO,
         };
         if self.tx.send(req).await.is_err() {
-            return lost();
+            return (lost(), None);
         }
-        rx.await.unwrap_or_else(|_| lost())
+        rx.await.unwrap_or_else(|_| (lost(), None))
     }
 }
 
@@ -202,7 +221,7 @@ async fn run_batch(
     let submit = client.find(&items, callback.as_deref()).await;
     let mut tries = submit.tries;
     let mut status = submit.http_status;
-    let outcomes: Vec<Classified> = match submit.outcome {
+    let (job, outcomes): (Option<String>, Vec<Classified>) = match submit.outcome {
         BatchOutcome::All(Classified {
             outcome: ProviderOutcome::Pending { job_id, .. },
             ..
@@ -229,46 +248,19 @@ async fn run_batch(
             if let Err(e) = writer.write(&batch[0].ws, vec![WriteOp::Job(job)]).await {
                 tracing::error!(account = %account, error = %e, "could not record an async job; the callback will be refused and polling used");
             }
-            let notify = hub.slot(&account, &job_id);
-            let deadline = started + settings.timeout;
-            let mut result = None;
-            loop {
-                if let Some(body) = hub.take(&account, &job_id) {
-                    let resp = HttpResponse {
-                        status: 200,
-                        headers: Vec::new(),
-                        body,
-                    };
-                    let classified = client
-                        .finder
-                        .as_ref()
-                        .map(|f| f.classify_poll(&items, &resp));
-                    if let Some(o) = classified.filter(|o| !is_pending(o)) {
-                        result = Some(o);
-                        break;
-                    }
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                let next_poll = (now + settings.poll_interval).min(deadline);
-                tokio::select! {
-                    _ = notify.notified() => continue,
-                    _ = tokio::time::sleep_until(next_poll) => {}
-                }
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let polled = client.poll(&job_id, &items).await;
-                tries += polled.tries;
-                status = polled.http_status.or(status);
-                if !is_pending(&polled.outcome) && !is_transient(&polled.outcome) {
-                    result = Some(polled.outcome);
-                    break;
-                }
-            }
-            hub.forget(&account, &job_id);
+            let awaited = await_result(
+                &client,
+                &hub,
+                &job_id,
+                &items,
+                started + settings.timeout,
+                settings.poll_interval,
+                false,
+            )
+            .await;
+            tries += awaited.tries;
+            status = awaited.http_status.or(status);
+            let result = awaited.outcome;
             let (state, outcomes) = match result {
                 Some(o) => (JobState::Done, spread(o, items.len())),
                 None => (
@@ -286,28 +278,137 @@ async fn run_batch(
                     ),
                 ),
             };
-            let op = WriteOp::JobState {
-                account: account.clone(),
-                job_id,
-                state,
-                result: None,
-            };
-            if let Err(e) = writer.write(&batch[0].ws, vec![op]).await {
-                tracing::warn!(account = %account, error = %e, "could not update an async job's state");
+            if state == JobState::Done {
+                (Some(job_id), outcomes)
+            } else {
+                // Nothing to apply: the leads are deferred and retried.
+                let op = WriteOp::JobState {
+                    account: account.clone(),
+                    job_id,
+                    state,
+                    result: None,
+                };
+                if let Err(e) = writer.write(&batch[0].ws, vec![op]).await {
+                    tracing::warn!(account = %account, error = %e, "could not update an async job's state");
+                }
+                (None, outcomes)
             }
-            outcomes
         }
-        other => spread(other, items.len()),
+        other => (None, spread(other, items.len())),
     };
     let latency = started.elapsed();
     drop(items);
+    let ws = batch[0].ws.clone();
+    let mut acks = Vec::new();
     for (r, outcome) in batch.into_iter().zip(outcomes) {
-        let _ = r.reply.send(Exchange {
+        let ack = job.as_ref().map(|_| {
+            let (tx, rx) = oneshot::channel();
+            acks.push(rx);
+            JobAck(tx)
+        });
+        let ex = Exchange {
             outcome,
             tries,
             http_status: status,
             latency,
-        });
+        };
+        let _ = r.reply.send((ex, ack));
+    }
+    // The job is done once every lead stored its outcome; a lead that could
+    // not (its task failed or stopped) leaves the job open for the next start.
+    let Some(job_id) = job else {
+        return;
+    };
+    let mut all = true;
+    for rx in acks {
+        all &= rx.await.is_ok();
+    }
+    if !all {
+        tracing::warn!(account = %account, job = %job_id, "an async result was not applied to every lead; the job stays open and is resumed on the next start");
+        return;
+    }
+    let op = WriteOp::JobState {
+        account: account.clone(),
+        job_id,
+        state: JobState::Done,
+        result: None,
+    };
+    if let Err(e) = writer.write(&ws, vec![op]).await {
+        tracing::warn!(account = %account, error = %e, "could not update an async job's state");
+    }
+}
+
+/// What waiting for a job's result gave.
+pub(crate) struct Awaited {
+    /// The result (`None`: nothing final before the deadline).
+    pub outcome: Option<BatchOutcome>,
+    pub tries: u32,
+    pub http_status: Option<u16>,
+}
+
+/// Waits for a submitted job's result: a callback handed over by `hub`, or
+/// a poll every `poll_interval` (the first one at once when `poll_first`),
+/// until `deadline`. With `poll_first`, at least one poll is made even past
+/// the deadline (a job resumed after a restart may have finished long ago).
+pub(crate) async fn await_result(
+    client: &ProviderClient,
+    hub: &CallbackHub,
+    job_id: &str,
+    items: &[FindItem<'_>],
+    deadline: Instant,
+    poll_interval: Duration,
+    poll_first: bool,
+) -> Awaited {
+    let account = client.id().to_string();
+    let notify = hub.slot(&account, job_id);
+    let mut tries = 0;
+    let mut status = None;
+    let mut result = None;
+    let mut poll_now = poll_first;
+    loop {
+        if let Some(body) = hub.take(&account, job_id) {
+            let resp = HttpResponse {
+                status: 200,
+                headers: Vec::new(),
+                body,
+            };
+            let classified = client
+                .finder
+                .as_ref()
+                .map(|f| f.classify_poll(items, &resp));
+            if let Some(o) = classified.filter(|o| !is_pending(o)) {
+                result = Some(o);
+                break;
+            }
+        }
+        if !poll_now {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let next_poll = (now + poll_interval).min(deadline);
+            tokio::select! {
+                _ = notify.notified() => continue,
+                _ = tokio::time::sleep_until(next_poll) => {}
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        poll_now = false;
+        let polled = client.poll(job_id, items).await;
+        tries += polled.tries;
+        status = polled.http_status.or(status);
+        if !is_pending(&polled.outcome) && !is_transient(&polled.outcome) {
+            result = Some(polled.outcome);
+            break;
+        }
+    }
+    hub.forget(&account, job_id);
+    Awaited {
+        outcome: result,
+        tries,
+        http_status: status,
     }
 }
 
@@ -332,7 +433,7 @@ fn is_transient(o: &BatchOutcome) -> bool {
 }
 
 /// One outcome per item.
-fn spread(o: BatchOutcome, n: usize) -> Vec<Classified> {
+pub(crate) fn spread(o: BatchOutcome, n: usize) -> Vec<Classified> {
     match o {
         BatchOutcome::All(c) => vec![c; n],
         BatchOutcome::Each(mut cs) => {

@@ -66,6 +66,15 @@ async fn deliver(
         }
     };
     let (ws, job) = job;
+    if job.state == JobState::Done {
+        // Applied already (a provider retrying a delivery it thinks failed,
+        // e.g. to a process that stopped): nothing to store or hand over.
+        engine
+            .stats
+            .callbacks_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::OK, "ok (already applied)");
+    }
     if !envelope.finished {
         engine
             .stats

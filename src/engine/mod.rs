@@ -16,6 +16,7 @@ use crate::store::{Store, StoreError};
 pub mod asyncjobs;
 pub mod callbacks;
 pub mod client;
+pub mod leadlocks;
 pub mod limits;
 pub mod report;
 pub(crate) mod run;
@@ -74,6 +75,13 @@ pub struct Engine {
     pub writer: Writer,
     pub clock: Arc<dyn Clock>,
     pub stats: EngineStats,
+    /// Leads being enriched in this process (one run per lead at a time).
+    leads: Arc<leadlocks::LeadLocks>,
+    /// Per workspace: the async jobs a stopped process left open were taken
+    /// up (once per process, before the first run reads a lead).
+    resumed: std::sync::Mutex<
+        std::collections::HashMap<crate::core::lead::WorkspaceId, Arc<tokio::sync::OnceCell<()>>>,
+    >,
 }
 
 impl Engine {
@@ -132,6 +140,8 @@ impl Engine {
             writer,
             clock,
             stats: EngineStats::default(),
+            leads: Arc::default(),
+            resumed: Default::default(),
         })
     }
 }

@@ -27,6 +27,8 @@ use crate::store::{
     Applied, AttemptRecord, Charge, LeadState, LeadStatusRow, SpendEntry, StoredLead, WriteOp,
 };
 
+mod resume;
+
 use super::client::Exchange;
 use super::report::{FilledValue, LeadReport, ProviderTotals, RunReport, Unfilled};
 use super::{Engine, EngineError, random_token};
@@ -88,6 +90,8 @@ impl Engine {
         let run_id = format!("run-{now}-{}", &random_token()[..8]);
         let wid = &ws.id;
         self.store.settle_expired(wid, now).await?;
+        // Async jobs a stopped process left open are taken up first.
+        self.resume_open_jobs(ws).await?;
 
         // Store the leads (deduplicated by id: the last row wins).
         let mut by_id: BTreeMap<LeadId, Lead> = BTreeMap::new();
@@ -101,6 +105,14 @@ impl Engine {
                 .map(|l| (l.clone(), l.number(&ws.fields.icp_score).unwrap_or(0.0)))
                 .collect();
             self.store.upsert_leads(wid, &rows, now).await?;
+        }
+
+        // One run per lead at a time (see `leadlocks`): what is read below
+        // is what any earlier run of the lead stored. `leads` is sorted by id.
+        let mut guards: HashMap<LeadId, super::leadlocks::LeadGuard> =
+            HashMap::with_capacity(leads.len());
+        for l in &leads {
+            guards.insert(l.id.clone(), self.leads.lock(wid, &l.id).await);
         }
 
         // What each lead has and needs.
@@ -119,9 +131,15 @@ impl Engine {
             .map_or_else(|| "all".to_string(), |b| period_key(b.period, now));
         let mut reports: Vec<LeadReport> = Vec::with_capacity(prepared.len());
         let mut work: Vec<Prepared> = Vec::new();
+        let mut repaired = Vec::new();
         for p in prepared {
             if p.needed().is_empty() {
-                reports.push(idle_report(&p, "nothing to fill"));
+                let mut r = idle_report(&p, "nothing to fill");
+                if let Some(op) = filled_status(&p, now) {
+                    repaired.push(op);
+                    r.state = LeadState::Done;
+                }
+                reports.push(r);
             } else if !ws.enabled {
                 reports.push(idle_report(
                     &p,
@@ -165,7 +183,7 @@ impl Engine {
             order.insert(id.clone(), i);
         }
         let mut to_run: Vec<Prepared> = Vec::with_capacity(order.len());
-        let mut queued_ops = Vec::new();
+        let mut queued_ops = repaired;
         for p in work {
             if queued.contains(&p.lead.id) {
                 let reason = format!(
@@ -190,6 +208,10 @@ impl Engine {
         }
         to_run.sort_by_key(|p| order.get(&p.lead.id).copied().unwrap_or(usize::MAX));
         self.writer.write(wid, queued_ops).await?;
+        // Leads that do not run are free at once; the others when written.
+        let running: std::collections::HashSet<&LeadId> =
+            to_run.iter().map(|p| &p.lead.id).collect();
+        guards.retain(|id, _| running.contains(id));
 
         // Run the waterfalls, `concurrency` leads at a time.
         let ctx = Arc::new(RunCtx {
@@ -225,7 +247,12 @@ impl Engine {
             }
             let engine = self.clone();
             let ctx = ctx.clone();
-            set.spawn(async move { engine.run_lead(&ctx, p).await });
+            let guard = guards.remove(&p.lead.id);
+            set.spawn(async move {
+                let r = engine.run_lead(&ctx, p).await;
+                drop(guard);
+                r
+            });
         }
         while let Some(res) = set.join_next().await {
             collect(res, &mut reports);
@@ -339,20 +366,7 @@ impl Engine {
         }
         let needed = p.configured.difference(lead.fresh);
 
-        let views: Vec<ProviderView> = ws
-            .accounts()
-            .into_iter()
-            .filter_map(|acc| {
-                let c = self.clients.get(&acc)?;
-                let f = c.finder.as_ref()?;
-                Some(ProviderView {
-                    provider: c.account.connector.id.clone(),
-                    supplies: f.supplies(),
-                    accepts: f.accepts(&p.identity),
-                    account: acc,
-                })
-            })
-            .collect();
+        let views = self.provider_views(ws, &p.identity);
         let since = now - i64::from(self.settings.engine.not_found_retry_days) * DAY_MS;
         let mut wf = Waterfall::plan(
             needed,
@@ -366,11 +380,22 @@ impl Engine {
             let Some(client) = self.clients.get(&call.account).cloned() else {
                 break;
             };
+            // What earlier providers answered is stored before the next one
+            // is asked: a stop while it answers must not lose their answers
+            // (they would be asked again).
+            if !lead.attempts.is_empty() {
+                let attempts = std::mem::take(&mut lead.attempts);
+                self.writer.write(&ws.id, attempts).await?;
+            }
             lead.seq += 1;
+            let mut ack = None;
             let ex: Exchange<Classified> = match self.dispatchers.get(&call.account) {
                 Some(d) => {
-                    d.find(&ws.id, &ctx.run_id, &p.lead.id, &p.identity, call.channels)
-                        .await
+                    let (ex, job_ack) = d
+                        .find(&ws.id, &ctx.run_id, &p.lead.id, &p.identity, call.channels)
+                        .await;
+                    ack = job_ack;
+                    ex
                 }
                 None => {
                     let items = [FindItem {
@@ -404,6 +429,14 @@ impl Engine {
                 ex,
             )
             .await?;
+            if let Some(ack) = ack {
+                // An async job's outcome is stored, its attempts included
+                // (a restart must not ask again for what it answered): the
+                // job can be marked done.
+                let attempts = std::mem::take(&mut lead.attempts);
+                self.writer.write(&ws.id, attempts).await?;
+                ack.done();
+            }
         }
 
         // Where the lead stands now.
@@ -479,6 +512,23 @@ impl Engine {
             credits: lead.credits,
             provider_spend_milli: lead.spent,
         })
+    }
+
+    /// The workspace's finders as the planner sees them for `identity`.
+    fn provider_views(&self, ws: &Workspace, identity: &Identity) -> Vec<ProviderView> {
+        ws.accounts()
+            .into_iter()
+            .filter_map(|acc| {
+                let c = self.clients.get(&acc)?;
+                let f = c.finder.as_ref()?;
+                Some(ProviderView {
+                    provider: c.account.connector.id.clone(),
+                    supplies: f.supplies(),
+                    accepts: f.accepts(identity),
+                    account: acc,
+                })
+            })
+            .collect()
     }
 
     /// Turns one provider answer into per-channel outcomes, stored values,
@@ -930,6 +980,34 @@ fn describe(unfilled: &[Unfilled]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The final status of a lead whose configured channels are all filled
+/// by values enrichd stored, when its stored status does not say so: the
+/// run that stored the last value was cut off (a crash) before it wrote the
+/// lead's status. `None` when there is nothing to record.
+fn filled_status(p: &Prepared, now: UnixMillis) -> Option<WriteOp> {
+    let ours = p
+        .stored
+        .values
+        .iter()
+        .any(|v| p.configured.contains(v.channel) && v.verification != Verification::Invalid);
+    let recorded = p
+        .stored
+        .status
+        .as_ref()
+        .is_some_and(|s| s.state == LeadState::Done);
+    if p.configured.is_empty() || !ours || recorded {
+        return None;
+    }
+    Some(WriteOp::Status(LeadStatusRow {
+        lead_id: p.lead.id.clone(),
+        state: LeadState::Done,
+        enrichment_status: p.status_before.map(|s| s.as_str().to_string()),
+        reason: "every configured channel is filled".to_string(),
+        retry_at: None,
+        updated_at: now,
+    }))
 }
 
 fn idle_report(p: &Prepared, reason: &str) -> LeadReport {

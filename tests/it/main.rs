@@ -4,6 +4,7 @@
 mod budget;
 mod check;
 mod config_errors;
+mod crash;
 mod daemon;
 mod db;
 mod exactly_once;

@@ -219,7 +219,7 @@ pub struct Stats {
 /// One API request as the simulator saw it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CallRecord {
-    /// Arrival, in ms since server start.
+    /// Arrival, in ms since server start ([`SimServer::arrival_unix_ms`] gives the wall clock).
     pub at_ms: u64,
     pub endpoint: String,
     pub status: u16,
@@ -335,6 +335,8 @@ pub(crate) struct Shared {
     pub pop: Arc<Population>,
     pub opts: SimOptions,
     pub started: Instant,
+    /// The wall clock at `started` (what [`CallRecord::at_ms`] counts from).
+    pub started_wall: SystemTime,
     st: Mutex<St>,
     in_flight: AtomicU32,
     max_in_flight: AtomicU32,
@@ -974,6 +976,7 @@ pub async fn start(
         }),
         opts,
         started: Instant::now(),
+        started_wall: SystemTime::now(),
         in_flight: AtomicU32::new(0),
         max_in_flight: AtomicU32::new(0),
         seq: AtomicU64::new(0),
@@ -1028,6 +1031,20 @@ impl SimServer {
     }
     pub fn stats(&self) -> Stats {
         snapshot(&self.sh)
+    }
+    /// The wall-clock time [`CallRecord::at_ms`] counts from: a call's arrival is
+    /// `started_at() + at_ms` (to compare the log with times another process recorded).
+    pub fn started_at(&self) -> SystemTime {
+        self.sh.started_wall
+    }
+    /// A call's arrival as unix milliseconds (wall clock).
+    pub fn arrival_unix_ms(&self, call: &CallRecord) -> i64 {
+        let base = self
+            .sh
+            .started_wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        base + call.at_ms as i64
     }
     pub fn reset_stats(&self) {
         self.sh.lock().stats = Stats::default();

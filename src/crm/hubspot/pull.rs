@@ -89,6 +89,15 @@ pub trait PageSink: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HubSpotError>> + Send + '_>>;
 }
 
+/// A pull that read everything, whose sync state is not saved yet
+/// ([`Puller::commit`]).
+#[must_use = "the watermark moves only when the pull is committed"]
+#[derive(Debug)]
+pub struct Pulled {
+    pub report: PullReport,
+    state: SyncState,
+}
+
 pub struct Puller {
     pub client: Arc<HubSpotClient>,
     pub store: Arc<dyn Store>,
@@ -172,24 +181,41 @@ impl Puller {
     }
 
     /// Reads every contact (see `backfill.rs`) and sets the watermark to
-    /// the backfill's start.
+    /// the backfill's start. Only for a sink that has handled each page
+    /// when `page` returns; otherwise see [`Puller::backfill_uncommitted`].
     pub async fn backfill(&self, sink: &dyn PageSink) -> Result<PullReport, HubSpotError> {
+        let pulled = self.backfill_uncommitted(sink).await?;
+        self.commit(pulled).await
+    }
+
+    /// Reads every contact; the watermark and `backfill_done` are saved by
+    /// [`Puller::commit`], once the caller has handled every page.
+    pub async fn backfill_uncommitted(&self, sink: &dyn PageSink) -> Result<Pulled, HubSpotError> {
         let start = self.clock.now();
         let report = Mutex::new(PullReport::default());
         self.backfill_by_company(sink, &report).await?;
         let mut state = self.store.sync_state(&self.ws.id, CRM, OBJECT).await?;
         state.watermark = Some(start);
         state.backfill_done = true;
-        state.last_sync_at = Some(self.clock.now());
         state.last_error = None;
+        let mut r = report.into_inner().unwrap_or_else(|e| e.into_inner());
+        r.watermark = Some(start);
+        Ok(Pulled { report: r, state })
+    }
+
+    /// Saves the sync state a finished pull reached (nothing on a dry run).
+    /// Call it only once every page the pull handed on was handled: a
+    /// watermark saved earlier would let a crash lose the pages still in
+    /// flight (the next pass starts from the watermark).
+    pub async fn commit(&self, pulled: Pulled) -> Result<PullReport, HubSpotError> {
+        let Pulled { report, mut state } = pulled;
+        state.last_sync_at = Some(self.clock.now());
         if !self.dry_run {
             self.store
                 .save_sync_state(&self.ws.id, CRM, OBJECT, &state)
                 .await?;
         }
-        let mut r = report.into_inner().unwrap_or_else(|e| e.into_inner());
-        r.watermark = Some(start);
-        Ok(r)
+        Ok(report)
     }
 
     /// Reads every contact by id range: the list API ascending and the
@@ -466,11 +492,23 @@ impl Puller {
         Ok(())
     }
 
-    /// Reads contacts changed since the watermark (minus the lookback).
+    /// Reads contacts changed since the watermark (minus the lookback) and
+    /// moves the watermark. Only for a sink that has handled each page when
+    /// `page` returns; otherwise see [`Puller::incremental_uncommitted`].
     pub async fn incremental(&self, sink: &dyn PageSink) -> Result<PullReport, HubSpotError> {
+        let pulled = self.incremental_uncommitted(sink).await?;
+        self.commit(pulled).await
+    }
+
+    /// Reads contacts changed since the watermark (minus the lookback); the
+    /// new watermark is saved by [`Puller::commit`].
+    pub async fn incremental_uncommitted(
+        &self,
+        sink: &dyn PageSink,
+    ) -> Result<Pulled, HubSpotError> {
         let mut state = self.store.sync_state(&self.ws.id, CRM, OBJECT).await?;
         let Some(watermark) = state.watermark else {
-            return self.backfill(sink).await;
+            return self.backfill_uncommitted(sink).await;
         };
         let lookback = self.lookback_ms();
         let start = self.clock.now();
@@ -549,16 +587,10 @@ impl Puller {
         }
         // Everything up to the sync's start was read.
         state.watermark = Some(start.max(watermark));
-        state.last_sync_at = Some(self.clock.now());
         state.last_error = None;
-        if !self.dry_run {
-            self.store
-                .save_sync_state(&self.ws.id, CRM, OBJECT, &state)
-                .await?;
-        }
         let mut r = report.into_inner().unwrap_or_else(|e| e.into_inner());
         r.watermark = state.watermark;
-        Ok(r)
+        Ok(Pulled { report: r, state })
     }
 
     fn lookback_ms(&self) -> i64 {

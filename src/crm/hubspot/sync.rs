@@ -146,12 +146,15 @@ impl HubSpot {
         let (tx, rx) = mpsc::channel::<Vec<Lead>>(QUEUE_PAGES);
         let sink = QueueSink(tx);
         let puller = self.puller();
+        // The pull's watermark is saved only after every page it handed on
+        // was enriched and written (below): a crash before that reads them
+        // again on the next pass.
         let pull = async move {
             let state = puller.state().await?;
             let r = if opts.full || !state.backfill_done {
-                puller.backfill(&sink).await
+                puller.backfill_uncommitted(&sink).await
             } else {
-                puller.incremental(&sink).await
+                puller.incremental_uncommitted(&sink).await
             };
             drop(sink);
             r
@@ -244,7 +247,7 @@ impl HubSpot {
         // A worker's error explains a pull stopped by the closed queue.
         worked?;
         let mut report = shared.into_inner().unwrap_or_else(|e| e.into_inner());
-        report.pull = pulled?;
+        report.pull = self.puller().commit(pulled?).await?;
         report.api_calls = self.client.stats.total();
         report.rate_limited = self
             .client
