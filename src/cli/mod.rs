@@ -11,12 +11,15 @@ use crate::config::{ConfigError, EnvSecrets, Settings};
 use crate::engine::report::RunReport;
 use crate::engine::{Engine, EngineError, EngineOptions, RunOptions};
 
+mod apikey;
+mod bulk;
 mod check;
 mod crm;
 mod demo;
 pub mod input;
 pub mod output;
 mod preview;
+mod status;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,7 +50,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Enrich the leads in a CSV, JSON or JSON Lines file.
     Enrich(EnrichArgs),
-    /// Run enrichd against local simulators of the providers, on a fresh SQLite file.
+    /// Run enrichd end to end against local simulators of HubSpot and the
+    /// providers, on a fresh SQLite file: connect, sync, a webhook, a report.
     Demo(demo::DemoArgs),
     /// Connect a workspace to its CRM (OAuth in the browser, or a private-app token).
     Connect(crm::ConnectArgs),
@@ -59,6 +63,15 @@ pub enum Command {
     Preview(preview::PreviewArgs),
     /// Print a new master key for encrypting CRM tokens at rest.
     Keygen,
+    /// Create, list or revoke a workspace's admin API keys (for /v1/...).
+    #[command(name = "apikey")]
+    ApiKey(apikey::ApiKeyArgs),
+    /// Re-enrich a selection of leads (ids, an audience or a CRM filter) as a
+    /// durable bulk job, with a progress bar.
+    Bulk(bulk::BulkArgs),
+    /// Per workspace: CRM connection and sync, coverage per audience,
+    /// credits, the job queue and its dead letters.
+    Status(status::StatusArgs),
     /// The daemon: webhooks, scheduled syncs and enrichment until SIGTERM or
     /// SIGINT (logs as JSON on stderr).
     Run,
@@ -140,7 +153,10 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Sync(args) => crm::sync(&cli.config, args).await,
         Command::Preview(args) => preview::run(&cli.config, args).await,
         Command::Keygen => crm::keygen(),
+        Command::ApiKey(args) => apikey::run(&cli.config, args).await,
         Command::Run => run(&cli.config).await,
+        Command::Status(args) => status::run(&cli.config, args).await,
+        Command::Bulk(args) => bulk::run(&cli.config, args).await,
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

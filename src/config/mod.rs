@@ -177,6 +177,7 @@ struct RawWorkspace {
     #[serde(default)]
     audiences: Vec<RawAudience>,
     crm: Option<crm::RawCrm>,
+    notify_url: Option<String>,
 }
 
 fn yes() -> bool {
@@ -264,6 +265,10 @@ pub struct Workspace {
     pub audiences: Vec<Audience>,
     /// The CRM the workspace is connected to (none: leads come from files).
     pub crm: Option<crm::CrmSettings>,
+    /// Where a JSON notification (Slack-compatible `text`) is POSTed when a
+    /// bulk job finishes. A secret (a Slack webhook URL is a credential):
+    /// never logged.
+    pub notify_url: Option<crate::secret::Secret>,
 }
 
 impl Workspace {
@@ -882,6 +887,26 @@ impl Validator {
                 audiences.push(aud);
             }
         }
+        let notify_url = w.notify_url.and_then(|u| {
+            match url::Url::parse(&u) {
+                Ok(p) if matches!(p.scheme(), "http" | "https") && p.has_host() => {
+                    Some(crate::secret::Secret::new(u))
+                }
+                // The URL itself is not echoed: it may carry a token.
+                parsed => {
+                    let scheme = parsed.map_or_else(
+                        |e| format!("it does not parse as a URL: {e}"),
+                        |p| format!("its scheme is `{}`", p.scheme()),
+                    );
+                    self.err(
+                        format!("{key}.notify_url"),
+                        format!("not an http(s) URL with a host ({scheme})"),
+                        "the URL bulk-job notifications are POSTed to, e.g. a Slack incoming webhook \"https://hooks.slack.com/services/...\"",
+                    );
+                    None
+                }
+            }
+        });
         if self.problems.len() > before {
             return None;
         }
@@ -899,6 +924,7 @@ impl Validator {
             fields: w.fields,
             audiences,
             crm: crm.flatten(),
+            notify_url,
         })
     }
 

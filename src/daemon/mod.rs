@@ -34,6 +34,9 @@ use crate::engine::{Engine, EngineOptions};
 use crate::store::Store;
 use crate::store::crm::ConnectionState;
 
+pub mod admin;
+pub mod worker;
+
 /// How often recorded events are looked for when no delivery woke the loop
 /// (events recorded by another process, or before a restart).
 const EVENTS_POLL: Duration = Duration::from_secs(5);
@@ -158,6 +161,25 @@ pub async fn run(
             .collect(),
     });
 
+    // The admin API enqueues jobs and wakes the workers that run them.
+    let jobs_wake = Arc::new(Notify::new());
+    let admin = Arc::new(admin::Admin {
+        settings: settings.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        wake: jobs_wake.clone(),
+    });
+    let workers = Arc::new(worker::Workers::new(
+        settings.clone(),
+        store.clone(),
+        clock.clone(),
+        engine.clone(),
+        hubs.iter()
+            .map(|(h, _)| (h.ws.id.clone(), h.clone()))
+            .collect(),
+        jobs_wake,
+    ));
+
     let health = Arc::new(Health {
         settings: settings.clone(),
         store: store.clone(),
@@ -168,7 +190,8 @@ pub async fn run(
         .route("/metrics", get(metrics))
         .with_state(health)
         .merge(crate::crm::hubspot::webhook::router(Arc::new(hooks)))
-        .merge(crate::engine::callbacks::router(engine.clone()));
+        .merge(crate::engine::callbacks::router(engine.clone()))
+        .merge(admin::router(admin));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut work = JoinSet::new();
@@ -181,6 +204,8 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
+    // Jobs in hand are finished or released before the grace period ends.
+    work.spawn(workers.run(stop_rx.clone(), settings.shutdown_grace * 4 / 5));
     tracing::info!(listen = %local, workspaces = hubs.len(), "enrichd run started");
 
     let mut server_stop = stop_rx.clone();

@@ -21,6 +21,7 @@ use crate::core::value::{ChannelValue, UnixMillis};
 
 pub mod crm;
 pub mod jobs;
+pub mod keys;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -319,7 +320,7 @@ pub struct Totals {
 }
 
 /// Durable state. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
-pub trait Store: crm::CrmStore + jobs::JobStore + Send + Sync + 'static {
+pub trait Store: crm::CrmStore + jobs::JobStore + keys::KeyStore + Send + Sync + 'static {
     /// Applies the embedded migrations (idempotent; safe for replicas
     /// starting together on PostgreSQL).
     fn migrate(&self) -> StoreFuture<'_, ()>;

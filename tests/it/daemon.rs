@@ -9,7 +9,10 @@ use enrichd_sim::ProviderKind;
 use enrichd_sim::SimOptions;
 use enrichd_sim::hubspot::{HubSpotLimits, HubSpotOptions, Subscription};
 
-use crate::support::{FAST_LIMITS, Harness, HarnessBuilder, HubSpotSpec, eventually};
+use crate::support::{
+    Daemon, FAST_LIMITS, Harness, HarnessBuilder, HubSpotSpec, eventually, free_port,
+    http_get as get,
+};
 
 const WORKSPACE: &str = r#"
 providers = ["apollo", "hunter"]
@@ -17,11 +20,6 @@ providers = ["apollo", "hunter"]
 name = "everyone"
 channels = ["work_email"]
 "#;
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 async fn harness(size: usize, port: u16) -> Harness {
     let url = format!("http://127.0.0.1:{port}/webhooks/hubspot");
@@ -57,75 +55,6 @@ async fn harness(size: usize, port: u16) -> Harness {
         })
         .start()
         .await
-}
-
-/// The daemon process; killed when dropped.
-struct Daemon {
-    child: Option<std::process::Child>,
-    stderr: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(h: &Harness) -> Daemon {
-        let stderr = h.config_path.with_file_name("run.log");
-        let log = std::fs::File::create(&stderr).expect("log file");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_enrichd"))
-            .args(["--config", h.config_path.to_str().unwrap(), "run"])
-            .envs(&h.secrets)
-            .env("RUST_LOG", "debug")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start enrichd run");
-        Daemon {
-            child: Some(child),
-            stderr,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status (None if it did not exit in time).
-    fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let child = self.child.as_mut()?;
-        let pid = child.id().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(s)) = child.try_wait() {
-                self.child = None;
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let r = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.text().await.unwrap_or_default()))
 }
 
 #[tokio::test(flavor = "multi_thread")]

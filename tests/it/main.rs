@@ -1,12 +1,14 @@
 //! One integration-test binary: real HTTP on loopback against the
 //! simulators, real SQLite and PostgreSQL.
 
+mod admin;
 mod budget;
 mod check;
 mod config_errors;
 mod crash;
 mod daemon;
 mod db;
+mod demo;
 mod exactly_once;
 mod failures;
 mod fullenrich;
@@ -15,6 +17,7 @@ mod jobs;
 mod metrics;
 mod misc;
 mod preview;
+mod status;
 mod store;
 mod support;
 mod verify;

@@ -457,7 +457,13 @@ async fn migrate_dry_run_lists_the_pending_migrations_and_applies_none() {
     let url = format!("sqlite://{}/fresh.db", dir.path().display());
     let store = enrichd::store::open(&url).await.unwrap();
     let pending = store.pending_migrations().await.unwrap();
-    assert_eq!(pending.len(), 3, "{pending:?}");
+    let shipped = std::fs::read_dir(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite"),
+    )
+    .unwrap()
+    .count();
+    assert!(shipped >= 3);
+    assert_eq!(pending.len(), shipped, "{pending:?}");
     assert!(pending[0].starts_with("1 "), "{pending:?}");
     // Listing them applied nothing.
     assert_eq!(store.pending_migrations().await.unwrap(), pending);

@@ -48,6 +48,8 @@ pub struct HarnessBuilder {
     hubspot: Option<HubSpotSpec>,
     /// Lines of a `[server]` section.
     server: Option<String>,
+    /// More `[[workspaces]]` tables, after workspace `t`.
+    more_workspaces: String,
 }
 
 /// A HubSpot simulator seeded from the population, and the workspace's
@@ -78,7 +80,16 @@ impl HarnessBuilder {
             connector_files: Vec::new(),
             hubspot: None,
             server: None,
+            more_workspaces: String::new(),
         }
+    }
+
+    /// Another workspace after `t`: the body of its `[[workspaces]]` table,
+    /// `id` included (it gets no CRM unless the text adds one).
+    pub fn another_workspace(mut self, toml: &str) -> Self {
+        self.more_workspaces
+            .push_str(&format!("\n[[workspaces]]\n{toml}\n"));
+        self
     }
 
     /// A `[server]` section (for `enrichd run` as a process).
@@ -250,6 +261,7 @@ impl HarnessBuilder {
         }
         let prefix = toml.clone();
         toml.push_str(&format!("[[workspaces]]\nid = \"t\"\n{}\n", workspace));
+        toml.push_str(&self.more_workspaces);
         if !self.connector_files.is_empty() {
             let cdir = dir.path().join("connectors");
             std::fs::create_dir_all(&cdir).expect("connectors dir");
@@ -495,4 +507,93 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// A free loopback port (for a `[server]` listen address).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// `enrichd run` as a separate process on the harness's config; killed
+/// when dropped. Its stderr (JSON logs) goes to `run.log` beside the config.
+pub struct Daemon {
+    child: Option<std::process::Child>,
+    stderr: std::path::PathBuf,
+}
+
+impl Daemon {
+    pub fn start(h: &Harness) -> Daemon {
+        let stderr = h.config_path.with_file_name("run.log");
+        let log = std::fs::File::create(&stderr).expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_enrichd"))
+            .args(["--config", h.config_path.to_str().unwrap(), "run"])
+            .envs(&h.secrets)
+            .env("RUST_LOG", "debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start enrichd run");
+        Daemon {
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until `/healthz` answers on `port` (panics with the logs if not).
+    pub async fn wait_up(&self, port: u16) {
+        for _ in 0..150 {
+            if let Some((200, _)) = http_get(port, "/healthz").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("enrichd run did not come up:\n{}", self.logs());
+    }
+
+    /// SIGTERM, then the exit status (None if it did not exit in time).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let pid = child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = child.try_wait() {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `GET http://127.0.0.1:<port><path>`: status and body, or None when
+/// nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.unwrap_or_default()))
 }
