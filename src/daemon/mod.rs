@@ -386,7 +386,38 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 /// Prometheus text exposition.
-async fn metrics(State(_h): State<Arc<Health>>) -> impl IntoResponse {
+async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    // The gauges are read from the store at scrape time: the job queue by
+    // kind and state, and leads by enrichment status.
+    let mut queue: Vec<(String, String, String, u64)> = Vec::new();
+    let mut leads: Vec<(String, String, u64)> = Vec::new();
+    for ws in &h.settings.workspaces {
+        match h.store.job_counts(&ws.id).await {
+            Ok(rows) => queue.extend(rows.into_iter().map(|(kind, state, n)| {
+                (
+                    ws.id.to_string(),
+                    kind,
+                    state.as_str().to_string(),
+                    u64::try_from(n).unwrap_or(0),
+                )
+            })),
+            Err(e) => tracing::warn!(workspace = %ws.id, error = %e, "metrics: cannot count jobs"),
+        }
+        match h.store.statuses(&ws.id).await {
+            Ok(rows) => {
+                let mut by: BTreeMap<String, u64> = BTreeMap::new();
+                for r in rows {
+                    *by.entry(r.enrichment_status.unwrap_or_else(|| "none".into()))
+                        .or_default() += 1;
+                }
+                leads.extend(by.into_iter().map(|(s, n)| (ws.id.to_string(), s, n)));
+            }
+            Err(e) => tracing::warn!(workspace = %ws.id, error = %e, "metrics: cannot count leads"),
+        }
+    }
+    let m = crate::metrics::metrics();
+    m.replace_queue_depth(queue);
+    m.replace_leads(leads);
     (
         [("content-type", crate::metrics::CONTENT_TYPE)],
         crate::metrics::metrics().render(),
