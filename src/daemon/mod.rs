@@ -403,15 +403,11 @@ async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
             })),
             Err(e) => tracing::warn!(workspace = %ws.id, error = %e, "metrics: cannot count jobs"),
         }
-        match h.store.statuses(&ws.id).await {
-            Ok(rows) => {
-                let mut by: BTreeMap<String, u64> = BTreeMap::new();
-                for r in rows {
-                    *by.entry(r.enrichment_status.unwrap_or_else(|| "none".into()))
-                        .or_default() += 1;
-                }
-                leads.extend(by.into_iter().map(|(s, n)| (ws.id.to_string(), s, n)));
-            }
+        match h.store.status_counts(&ws.id).await {
+            Ok(rows) => leads.extend(
+                rows.into_iter()
+                    .map(|(s, n)| (ws.id.to_string(), s, u64::try_from(n).unwrap_or(0))),
+            ),
             Err(e) => tracing::warn!(workspace = %ws.id, error = %e, "metrics: cannot count leads"),
         }
     }

@@ -227,6 +227,9 @@ pub trait CrmStore: Send + Sync {
     /// Attempts per provider, channel and outcome: the provider statistics
     /// behind a preview's estimate.
     fn attempt_counts<'a>(&'a self, ws: &'a WorkspaceId) -> StoreFuture<'a, Vec<AttemptCount>>;
+    /// Leads per enrichment status (`none` for a lead in no audience), one
+    /// grouped statement: what `/metrics` shows.
+    fn status_counts<'a>(&'a self, ws: &'a WorkspaceId) -> StoreFuture<'a, Vec<(String, i64)>>;
 }
 
 /// How often a provider answered a channel one way.
@@ -329,6 +332,10 @@ ORDER BY lead_id";
 const ATTEMPT_COUNTS: &str = "\
 SELECT provider, channel, outcome, COUNT(*) AS count FROM attempts
 WHERE workspace = $1 GROUP BY provider, channel, outcome ORDER BY provider, channel, outcome";
+
+const STATUS_COUNTS: &str = "\
+SELECT COALESCE(enrichment_status, 'none') AS status, COUNT(*) AS count FROM lead_status
+WHERE workspace = $1 GROUP BY COALESCE(enrichment_status, 'none') ORDER BY 1";
 
 /// Ids per statement for the batched reads.
 const IDS_PER_QUERY: usize = 500;
@@ -921,6 +928,19 @@ macro_rules! impl_crm_store {
                             count: r.count,
                         })
                         .collect())
+                })
+            }
+
+            fn status_counts<'a>(
+                &'a self,
+                ws: &'a WorkspaceId,
+            ) -> StoreFuture<'a, Vec<(String, i64)>> {
+                Box::pin(async move {
+                    sqlx::query_as(STATUS_COUNTS)
+                        .bind(ws.as_str())
+                        .fetch_all(&self.$read)
+                        .await
+                        .map_err(StoreError::db("count leads by status"))
                 })
             }
         }

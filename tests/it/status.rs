@@ -229,3 +229,48 @@ channels = ["work_email"]
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown audience"), "{err}");
 }
+
+#[tokio::test]
+async fn leads_are_counted_by_status_in_one_statement_on_both_backends() {
+    use enrichd::core::lead::{LeadId, WorkspaceId};
+    use enrichd::store::{LeadState, LeadStatusRow, WriteOp};
+    for db in [Some(crate::db::sqlite().await), crate::db::pg().await]
+        .into_iter()
+        .flatten()
+    {
+        let (a, b) = (WorkspaceId("a".into()), WorkspaceId("b".into()));
+        let row = |id: &str, s: Option<&str>| {
+            WriteOp::Status(LeadStatusRow {
+                lead_id: LeadId(id.into()),
+                state: LeadState::Done,
+                enrichment_status: s.map(String::from),
+                reason: String::new(),
+                retry_at: None,
+                updated_at: 1,
+            })
+        };
+        let ops = [
+            row("1", Some("full")),
+            row("2", Some("full")),
+            row("3", Some("partial")),
+            row("4", None),
+        ];
+        db.store.apply(&a, &ops).await.unwrap();
+        db.store.apply(&b, &ops[..1]).await.unwrap();
+        let counts = db.store.status_counts(&a).await.unwrap();
+        assert_eq!(
+            counts,
+            vec![
+                ("full".to_string(), 2),
+                ("none".to_string(), 1),
+                ("partial".to_string(), 1)
+            ],
+            "{}",
+            db.backend
+        );
+        assert_eq!(
+            db.store.status_counts(&b).await.unwrap(),
+            vec![("full".to_string(), 1)]
+        );
+    }
+}
