@@ -25,8 +25,15 @@
 //! mid-way). If fewer contacts arrive than search counted at the start (a
 //! company archived mid-way, say), the id-range backfill runs as well and
 //! hands on only contacts not seen yet.
+//!
+//! Memory stays flat however large the portal: the seen-set is a bitmap of
+//! ids (`seen`), and a company's name and domain are held only until its
+//! contacts are handed on (the search that took its chunk ended, or every
+//! contact the association path found for it was emitted). A contact whose
+//! company is no longer held (its association changed mid-way) takes it
+//! from the store's company cache, which the company list fills.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
@@ -43,6 +50,7 @@ use super::pull::{
     BATCH, PRIMARY_COMPANY, PageSink, PullReport, Puller, RawContact, SEARCH_CAP, SEARCH_PAGE, enc,
     json_id, parse_results,
 };
+use super::seen::SeenIds;
 
 /// Companies per chunk handed to a path. Small, so the two paths finish
 /// close together; search merges up to SEARCH_CHUNKS queued chunks into one
@@ -54,10 +62,57 @@ const SEARCH_CHUNKS: usize = 3;
 const READERS: usize = 4;
 
 struct Shared<'a> {
-    companies: Mutex<HashMap<String, CompanyRow>>,
-    seen: Mutex<HashSet<String>>,
+    /// Companies listed whose contacts are not all handed on yet.
+    companies: Mutex<HashMap<String, Held>>,
+    seen: Mutex<SeenIds>,
     report: &'a Mutex<PullReport>,
     sink: &'a dyn PageSink,
+}
+
+/// A listed company, and how many contacts found for it on the association
+/// path are still to be emitted.
+struct Held {
+    row: CompanyRow,
+    waiting: usize,
+}
+
+impl Shared<'_> {
+    /// The association path found `pairs` (contact, company) for `chunk`:
+    /// companies with no contact are dropped, the others wait for theirs.
+    fn expect(&self, chunk: &[String], pairs: &[(String, String)]) {
+        let mut m = self.companies.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, co) in pairs {
+            if let Some(h) = m.get_mut(co) {
+                h.waiting += 1;
+            }
+        }
+        for co in chunk {
+            if m.get(co).is_some_and(|h| h.waiting == 0) {
+                m.remove(co);
+            }
+        }
+    }
+
+    /// Contacts of these companies were emitted (association path).
+    fn emitted<'c>(&self, companies: impl Iterator<Item = &'c String>) {
+        let mut m = self.companies.lock().unwrap_or_else(|e| e.into_inner());
+        for co in companies {
+            if let Some(h) = m.get_mut(co) {
+                h.waiting = h.waiting.saturating_sub(1);
+                if h.waiting == 0 {
+                    m.remove(co);
+                }
+            }
+        }
+    }
+
+    /// A search over these companies ended: all their contacts are out.
+    fn done(&self, companies: &[String]) {
+        let mut m = self.companies.lock().unwrap_or_else(|e| e.into_inner());
+        for co in companies {
+            m.remove(co);
+        }
+    }
 }
 
 impl Puller {
@@ -71,7 +126,7 @@ impl Puller {
         let props = self.properties();
         let shared = Shared {
             companies: Mutex::new(HashMap::new()),
-            seen: Mutex::new(HashSet::new()),
+            seen: Mutex::new(SeenIds::default()),
             report,
             sink,
         };
@@ -108,6 +163,7 @@ impl Puller {
                 let filter =
                     json!({"propertyName": PRIMARY_COMPANY, "operator": "IN", "values": ids});
                 self.search_all(vec![filter], &props, &shared).await?;
+                shared.done(&ids);
             }
         };
         // Counted alongside, for the completeness check at the end.
@@ -201,7 +257,7 @@ impl Puller {
                 let mut m = shared.companies.lock().unwrap_or_else(|e| e.into_inner());
                 for r in rows {
                     pending.push(r.company_id.clone());
-                    m.insert(r.company_id.clone(), r);
+                    m.insert(r.company_id.clone(), Held { row: r, waiting: 0 });
                 }
             }
             after = answer
@@ -230,17 +286,20 @@ impl Puller {
         shared: &Shared<'_>,
         rx: &tokio::sync::Mutex<mpsc::Receiver<Vec<String>>>,
     ) -> Result<(), HubSpotError> {
-        let (ids_tx, ids_rx) = mpsc::channel::<Vec<String>>(READERS * 2);
+        // (contact, its primary company) pairs, BATCH at a time.
+        let (ids_tx, ids_rx) = mpsc::channel::<Vec<(String, String)>>(READERS * 2);
         let ids_rx = tokio::sync::Mutex::new(ids_rx);
         let find = async {
             // Ids carried over between chunks, so batch reads go out full.
-            let mut carry: Vec<String> = Vec::new();
+            let mut carry: Vec<(String, String)> = Vec::new();
             loop {
                 let chunk = rx.lock().await.recv().await;
                 let Some(chunk) = chunk else { break };
-                carry.extend(self.primary_contacts(&chunk).await?);
+                let pairs = self.primary_contacts(&chunk).await?;
+                shared.expect(&chunk, &pairs);
+                carry.extend(pairs);
                 while carry.len() >= BATCH {
-                    let ids: Vec<String> = carry.drain(..BATCH).collect();
+                    let ids: Vec<(String, String)> = carry.drain(..BATCH).collect();
                     if ids_tx.send(ids).await.is_err() {
                         return Ok(());
                     }
@@ -259,7 +318,7 @@ impl Puller {
                     return Ok::<(), HubSpotError>(());
                 };
                 let body = json!({
-                    "inputs": ids.iter().map(|i| json!({"id": i})).collect::<Vec<_>>(),
+                    "inputs": ids.iter().map(|(i, _)| json!({"id": i})).collect::<Vec<_>>(),
                     "properties": props,
                     "propertiesWithHistory": [],
                 });
@@ -278,6 +337,7 @@ impl Puller {
                     false,
                 )?;
                 self.emit(contacts, shared, Via::Association).await?;
+                shared.emitted(ids.iter().map(|(_, co)| co));
             }
         };
         let (f, r1, r2, r3, r4) = tokio::join!(find, reader(), reader(), reader(), reader());
@@ -286,9 +346,15 @@ impl Puller {
 
     /// Contacts whose primary company is one of `companies` (v4 association
     /// batch read, company → contact, association type 2 = Primary).
-    async fn primary_contacts(&self, companies: &[String]) -> Result<Vec<String>, HubSpotError> {
+    async fn primary_contacts(
+        &self,
+        companies: &[String],
+    ) -> Result<Vec<(String, String)>, HubSpotError> {
         let mut out = Vec::new();
         for r in self.associations("company", "contact", companies).await? {
+            let Some(from) = r.pointer("/from/id").and_then(json_id) else {
+                continue;
+            };
             for t in r.get("to").and_then(Value::as_array).into_iter().flatten() {
                 let primary = t
                     .get("associationTypes")
@@ -298,7 +364,7 @@ impl Puller {
                             .any(|ty| ty.get("typeId").and_then(Value::as_u64) == Some(2))
                     });
                 if primary && let Some(id) = t.get("toObjectId").and_then(json_id) {
-                    out.push(id);
+                    out.push((id, from.clone()));
                 }
             }
         }
@@ -395,7 +461,7 @@ impl Puller {
             let mut seen = shared.seen.lock().unwrap_or_else(|e| e.into_inner());
             contacts
                 .into_iter()
-                .filter(|c| seen.insert(c.id.clone()))
+                .filter(|c| seen.insert(&c.id))
                 .collect()
         };
         {
@@ -410,13 +476,26 @@ impl Puller {
         if fresh.is_empty() {
             return Ok(());
         }
-        let leads: Vec<Lead> = {
-            let companies = shared.companies.lock().unwrap_or_else(|e| e.into_inner());
-            fresh
-                .into_iter()
-                .map(|c| self.lead(c, &companies))
-                .collect()
-        };
+        // This page's companies: held ones, else from the store's cache.
+        let mut page: HashMap<String, CompanyRow> = HashMap::new();
+        let mut missing: Vec<String> = Vec::new();
+        {
+            let held = shared.companies.lock().unwrap_or_else(|e| e.into_inner());
+            for id in fresh.iter().filter_map(|c| c.company.clone().flatten()) {
+                match held.get(&id) {
+                    Some(h) => {
+                        page.insert(id, h.row.clone());
+                    }
+                    None => missing.push(id),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            page.extend(self.store.companies(&self.ws.id, CRM, &missing).await?);
+        }
+        let leads: Vec<Lead> = fresh.into_iter().map(|c| self.lead(c, &page)).collect();
         shared.sink.page(leads).await
     }
 }
@@ -443,7 +522,7 @@ impl PageSink for Unseen<'_, '_> {
                 let mut seen = self.shared.seen.lock().unwrap_or_else(|e| e.into_inner());
                 leads
                     .into_iter()
-                    .filter(|l| seen.insert(l.id.to_string()))
+                    .filter(|l| seen.insert(l.id.as_str()))
                     .collect()
             };
             if fresh.is_empty() {

@@ -17,6 +17,7 @@ pub mod client;
 pub mod limits;
 pub mod pull;
 pub mod schema;
+mod seen;
 pub mod sync;
 pub mod webhook;
 pub mod write;

@@ -465,7 +465,13 @@ impl HubSpot {
             .map(String::from)
             .collect();
         loop {
-            let events = self.store.pending_events(&self.ws.id, CRM, 500).await?;
+            // One batch read and one batch update per chunk, and the chunk's
+            // events are marked done as soon as its writes are in: a process
+            // stopped mid-way redoes at most one chunk.
+            let events = self
+                .store
+                .pending_events(&self.ws.id, CRM, BATCH_UPDATE as i64)
+                .await?;
             if events.is_empty() {
                 break;
             }
