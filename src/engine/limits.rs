@@ -32,33 +32,105 @@ type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, NoOpMiddleware>;
 /// Windows longer than this are counted with a sliding log, not GCRA.
 const SMOOTHED_UP_TO: Duration = Duration::from_secs(60);
 
+/// A log of single request times is exact; above this many it keeps counts
+/// per slice of the window instead, so memory never grows with the quota.
+const EXACT_UP_TO: usize = 4096;
+/// Slices per window once counted: a request holds its place in the window
+/// for at most one slice longer than it needs to (1/1024 of a day is 84 s).
+const SLICES: u32 = 1024;
+
 /// At most `max` requests in any window of length `window`.
 struct SlidingLog {
     window: Duration,
     max: usize,
-    times: Mutex<VecDeque<Instant>>,
+    times: Mutex<Times>,
+}
+
+/// The requests still in the window: each time while there are few, else a
+/// count per slice (each counted as if made at its slice's end, so the
+/// window only ever over-counts and never lets `max + 1` through).
+enum Times {
+    Exact(VecDeque<Instant>),
+    Sliced {
+        slice: Duration,
+        /// (slice end, requests in it), oldest first.
+        slices: VecDeque<(Instant, usize)>,
+        total: usize,
+    },
 }
 
 impl SlidingLog {
+    fn new(window: Duration, max: usize) -> SlidingLog {
+        let times = if max <= EXACT_UP_TO {
+            Times::Exact(VecDeque::new())
+        } else {
+            Times::Sliced {
+                slice: (window / SLICES).max(Duration::from_millis(1)),
+                slices: VecDeque::new(),
+                total: 0,
+            }
+        };
+        SlidingLog {
+            window,
+            max,
+            times: Mutex::new(times),
+        }
+    }
+
     /// Records a request now if the window has room; otherwise how long
     /// until it will.
     fn try_take(&self) -> Result<(), Duration> {
         let now = Instant::now();
+        let window = self.window;
         let mut t = self.times.lock().unwrap_or_else(|e| e.into_inner());
-        while t
-            .front()
-            .is_some_and(|f| now.duration_since(*f) >= self.window)
-        {
-            t.pop_front();
-        }
-        if t.len() < self.max {
-            t.push_back(now);
-            Ok(())
-        } else {
-            let oldest = t.front().copied().unwrap_or(now);
-            Err((oldest + self.window)
-                .saturating_duration_since(now)
-                .max(Duration::from_millis(1)))
+        let oldest = match &mut *t {
+            Times::Exact(times) => {
+                while times
+                    .front()
+                    .is_some_and(|f| now.duration_since(*f) >= window)
+                {
+                    times.pop_front();
+                }
+                if times.len() < self.max {
+                    times.push_back(now);
+                    return Ok(());
+                }
+                times.front().copied()
+            }
+            Times::Sliced {
+                slice,
+                slices,
+                total,
+            } => {
+                while let Some(&(end, n)) = slices.front()
+                    && now.duration_since(end) >= window
+                {
+                    slices.pop_front();
+                    *total -= n;
+                }
+                if *total < self.max {
+                    match slices.back_mut() {
+                        Some((end, n)) if *end > now => *n += 1,
+                        _ => slices.push_back((now + *slice, 1)),
+                    }
+                    *total += 1;
+                    return Ok(());
+                }
+                slices.front().map(|&(end, _)| end)
+            }
+        };
+        let oldest = oldest.unwrap_or(now);
+        Err((oldest + window)
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1)))
+    }
+
+    /// Entries held (tests).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        match &*self.times.lock().unwrap_or_else(|e| e.into_inner()) {
+            Times::Exact(t) => t.len(),
+            Times::Sliced { slices, .. } => slices.len(),
         }
     }
 }
@@ -97,11 +169,7 @@ impl AccountLimiter {
             } else {
                 let max = (f64::from(count) * headroom).floor().max(1.0);
                 rate = rate.min(max / window.as_secs_f64());
-                logs.push(SlidingLog {
-                    window,
-                    max: max as usize,
-                    times: Mutex::new(VecDeque::new()),
-                });
+                logs.push(SlidingLog::new(window, max as usize));
             }
         }
         periods.sort_by(|a, b| b.cmp(a));
@@ -275,5 +343,41 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(86_400)).await;
         assert!(l.acquire(Duration::ZERO).await.is_ok());
+    }
+
+    /// A quota too large for an exact log is counted per slice: memory
+    /// stays bounded, and no window of the quota's length ever holds more
+    /// than its count, checked against every request time.
+    #[tokio::test(start_paused = true)]
+    async fn large_quotas_are_counted_in_bounded_memory_and_never_exceeded() {
+        let log = SlidingLog::new(Duration::from_secs(3600), 10_000);
+        let mut sent: Vec<Instant> = Vec::new();
+        // Bursts at irregular moments over three hours.
+        for step in 0..3_000u64 {
+            tokio::time::advance(Duration::from_millis(1_000 + (step * 7_919) % 5_000)).await;
+            for _ in 0..(step % 23) {
+                if log.try_take().is_ok() {
+                    sent.push(Instant::now());
+                }
+            }
+        }
+        assert!(log.held() <= SLICES as usize + 1, "{} slices", log.held());
+        let mut first = 0;
+        for (i, t) in sent.iter().enumerate() {
+            while t.duration_since(sent[first]) >= Duration::from_secs(3600) {
+                first += 1;
+            }
+            assert!(i + 1 - first <= 10_000, "{} in one hour", i + 1 - first);
+        }
+        // The quota is used, not starved: over 9,900 in the busiest hour.
+        let mut best = 0;
+        let mut first = 0;
+        for (i, t) in sent.iter().enumerate() {
+            while t.duration_since(sent[first]) >= Duration::from_secs(3600) {
+                first += 1;
+            }
+            best = best.max(i + 1 - first);
+        }
+        assert!(best > 9_900, "busiest hour {best}");
     }
 }
