@@ -74,6 +74,16 @@
 //! [`hubspot::HubSpotData::from_population`]; see the [`hubspot`] module. The `enrichd-sim`
 //! binary (`enrichd-sim hubspot --contacts N …`) runs it in its own process.
 //!
+//! ## Salesforce
+//! [`salesforce::start_salesforce`] serves a stateful simulated Salesforce org on two hosts, a
+//! login host (OAuth web-server flow with PKCE, refresh with optional rotation, JWT bearer
+//! verified with RS256, revoke) and an instance host (SOQL query/queryAll with query locators
+//! over a (SystemModstamp, Id) index, describe, single PATCH, sObject Collections, Bulk API 2.0
+//! ingest, `Sforce-Limit-Info` and a rolling daily allocation, Lead assignment rules), with
+//! Outbound Messages (SOAP, acknowledged or redelivered) and a simulated clock, over
+//! [`salesforce::SalesforceData::from_population`]; see the [`salesforce`] module. The binary
+//! runs it with `enrichd-sim salesforce --leads N …`.
+//!
 //! ## How tests use it
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -99,6 +109,7 @@ mod names;
 mod population;
 mod providers;
 mod quality;
+pub mod salesforce;
 mod server;
 mod util;
 
