@@ -3,7 +3,8 @@
 //!
 //! Loading the settings validates the files (every problem at once, with
 //! file, key and line). Then, per workspace with a CRM, the live schema is
-//! read (HubSpot: `GET /crm/v3/properties/contacts`) when a connection is
+//! read (HubSpot: `GET /crm/v3/properties/contacts`; Salesforce: `GET
+//! /services/data/vXX.X/sobjects/<Object>/describe` per mapped object) when a connection is
 //! stored, and the mapping is checked against it with the rules of
 //! [`crate::crm::schema`]: every problem is printed with the mapping file,
 //! the key, the field, the closest existing names and the fix, and the
@@ -24,12 +25,16 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::clock::SystemClock;
-use crate::config::crm::{CrmSettings, HubSpotAuth, HubSpotSettings};
+use crate::config::crm::{
+    CrmSettings, HubSpotAuth, HubSpotSettings, SalesforceAuth, SalesforceObject,
+};
 use crate::config::{EnvSecrets, Settings, Workspace};
 use crate::core::mapping::CrmKind;
 use crate::crm::hubspot::HubSpotError;
 use crate::crm::hubspot::auth::CRM as HUBSPOT;
 use crate::crm::hubspot::sync::HubSpot;
+use crate::crm::salesforce::client::SalesforceClient;
+use crate::crm::salesforce::{CRM as SALESFORCE, SalesforceError};
 use crate::crm::schema::{CheckOptions, CrmSchema, SchemaProblem, check_mapping_with};
 use crate::store::Store;
 use crate::store::crm::ConnectionState;
@@ -65,6 +70,11 @@ pub(crate) async fn run(config: &Path, args: CheckArgs) -> Result<(), CliError> 
         match &w.crm {
             Some(CrmSettings::HubSpot(h)) => {
                 reports.push(check_hubspot(&s, w, h, args.offline, &mut store).await);
+            }
+            Some(CrmSettings::Salesforce(sf)) => {
+                for o in &sf.objects {
+                    reports.push(check_salesforce(&s, w, o, args.offline, &mut store).await);
+                }
             }
             None => {}
         }
@@ -269,6 +279,110 @@ async fn hubspot_schema(
         })
 }
 
+/// One Salesforce object: `GET /sobjects/<Object>/describe` (as the
+/// integration user: fields hidden by field-level security are absent) and
+/// the mapping checked against it. Salesforce fields are never created by
+/// enrichd: a missing one is a problem whose fix is the admin step.
+async fn check_salesforce(
+    s: &Settings,
+    w: &Arc<Workspace>,
+    o: &SalesforceObject,
+    offline: bool,
+    slot: &mut StoreSlot,
+) -> WorkspaceCheck {
+    let mut out = WorkspaceCheck {
+        workspace: w.id.to_string(),
+        crm: CrmKind::Salesforce,
+        object: o.object.to_string(),
+        mapping: o.mapping_file.clone(),
+        live: Live::Offline,
+        checked: 0,
+        problems: Vec::new(),
+        to_create: Vec::new(),
+    };
+    if offline {
+        return out;
+    }
+    let schema = match salesforce_schema(s, w, o, slot).await {
+        Ok(schema) => schema,
+        Err(live) => {
+            out.live = live;
+            return out;
+        }
+    };
+    let providers: BTreeSet<String> = w.order.values().flatten().cloned().collect();
+    let opts = CheckOptions {
+        can_create: false,
+        providers: providers.into_iter().collect(),
+    };
+    let c = check_mapping_with(&o.mapping, &o.mapping_file, &schema, &opts);
+    out.live = Live::Checked {
+        endpoint: schema.endpoint.clone(),
+    };
+    out.checked = c.checked.len();
+    out.problems = c.problems;
+    out
+}
+
+/// The describe of one object, or why it was not read.
+async fn salesforce_schema(
+    s: &Settings,
+    w: &Arc<Workspace>,
+    o: &SalesforceObject,
+    slot: &mut StoreSlot,
+) -> Result<CrmSchema, Live> {
+    let connect = format!("run `enrichd connect salesforce --workspace {}`", w.id);
+    let failed = |e: String| Live::Failed { error: e };
+    let store = match slot.existing(&s.storage_url).await {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            return Err(Live::NotConnected {
+                note: format!(
+                    "not connected (no store at {} yet): {connect}",
+                    super::redact_url(&s.storage_url)
+                ),
+            });
+        }
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    match store.connection(&w.id, SALESFORCE).await {
+        Ok(Some(row)) if row.state == ConnectionState::Connected => {}
+        Ok(Some(row)) => {
+            return Err(Live::NotConnected {
+                note: format!(
+                    "the Salesforce connection needs reconnecting ({}): {connect}",
+                    row.reason
+                ),
+            });
+        }
+        Ok(None) => {
+            return Err(Live::NotConnected {
+                note: format!("not connected: {connect}"),
+            });
+        }
+        Err(e) => {
+            return Err(Live::NotConnected {
+                note: format!(
+                    "no connection could be read from the store ({e}): run `enrichd migrate`, then {connect}"
+                ),
+            });
+        }
+    }
+    let client = match SalesforceClient::open(s, w, store, Arc::new(SystemClock)) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(failed("the workspace has no Salesforce CRM".into())),
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    client.describe(o.object).await.map_err(|e| match e {
+        SalesforceError::NotConnected { .. } | SalesforceError::ReconnectRequired { .. } => {
+            Live::NotConnected {
+                note: e.to_string(),
+            }
+        }
+        e => failed(e.to_string()),
+    })
+}
+
 fn print_table(reports: &[WorkspaceCheck]) {
     for r in reports {
         let crm = match r.crm {
@@ -427,6 +541,31 @@ fn summary(config: &Path, s: &Settings) {
                 h.limits.search_per_second,
                 h.mapping_file.display(),
                 h.mapping.fields().len()
+            );
+        }
+        if let Some(CrmSettings::Salesforce(sf)) = &w.crm {
+            let objects: Vec<String> = sf
+                .objects
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{} (mapping {}, {} fields)",
+                        o.object,
+                        o.mapping_file.display(),
+                        o.mapping.fields().len()
+                    )
+                })
+                .collect();
+            println!(
+                "  crm: salesforce via {} ({}, API {}) · stop at {:.0}% of the daily allocation · {}",
+                sf.login.base(),
+                match sf.auth {
+                    SalesforceAuth::WebServer { .. } => "web-server flow",
+                    SalesforceAuth::Jwt { .. } => "JWT bearer flow",
+                },
+                sf.api_version,
+                sf.budget.stop_share * 100.0,
+                objects.join(", ")
             );
         }
     }

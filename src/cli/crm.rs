@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::crm::{CrmSettings, HubSpotAuth};
+use crate::config::crm::{CrmSettings, HubSpotAuth, SalesforceAuth, SalesforceSettings};
 use crate::config::{EnvSecrets, Settings};
 use crate::crm::hubspot::HubSpotError;
 use crate::crm::hubspot::auth;
@@ -19,6 +19,7 @@ use super::{CliError, Format, pick_workspace, start_engine};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CrmName {
     Hubspot,
+    Salesforce,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +40,10 @@ pub struct ConnectArgs {
     /// it would create) without opening a browser or storing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Salesforce: revoke the stored grant at Salesforce (the refresh token,
+    /// and with it every session issued from it) and drop the stored tokens.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub revoke: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +91,20 @@ pub fn keygen() -> Result<(), CliError> {
 pub async fn connect(config: &Path, args: ConnectArgs) -> Result<(), CliError> {
     let settings = Arc::new(Settings::load(config, &EnvSecrets)?);
     let ws = pick_workspace(&settings, args.workspace.as_deref())?;
+    if args.crm == CrmName::Salesforce {
+        let Some(CrmSettings::Salesforce(sf)) = &ws.crm else {
+            return Err(CliError::Usage(format!(
+                "workspace `{}` has no [workspaces.crm] with kind = \"salesforce\"",
+                ws.id
+            )));
+        };
+        return connect_salesforce(&settings, &ws, sf, &args).await;
+    }
+    if args.revoke {
+        return Err(CliError::Usage(
+            "--revoke is for Salesforce; a HubSpot app is uninstalled in HubSpot (Settings → Integrations → Connected apps)".into(),
+        ));
+    }
     let Some(CrmSettings::HubSpot(h)) = &ws.crm else {
         return Err(CliError::Usage(format!(
             "workspace `{}` has no [workspaces.crm] with kind = \"hubspot\"",
@@ -167,6 +186,189 @@ pub async fn connect(config: &Path, args: ConnectArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `enrichd connect salesforce`: the web-server flow in the browser (or the
+/// JWT bearer grant), the sealed connection stored, then the mapped fields
+/// checked against the live describe; `--revoke` revokes the stored grant.
+async fn connect_salesforce(
+    settings: &Settings,
+    ws: &Arc<crate::config::Workspace>,
+    sf: &Arc<SalesforceSettings>,
+    args: &ConnectArgs,
+) -> Result<(), CliError> {
+    use crate::crm::salesforce::auth as sf_auth;
+    use crate::crm::salesforce::client::SalesforceClient;
+    if args.dry_run {
+        salesforce_plan(&ws.id, sf);
+        return Ok(());
+    }
+    let store = crate::store::open(&settings.storage_url).await?;
+    store.migrate().await?;
+    let cipher = match &settings.master_key {
+        Some(k) => TokenCipher::from_key_text(&settings.master_key_env, k.expose())
+            .map_err(|e| CliError::Usage(e.to_string()))?,
+        None => {
+            return Err(CliError::Usage(format!(
+                "environment variable `{}` (security.master_key_env) is not set: Salesforce tokens are encrypted with it. Create one with `enrichd keygen`",
+                settings.master_key_env
+            )));
+        }
+    };
+    let http = sf_auth::http_client(sf.timeout).map_err(sf_err)?;
+    let cx = sf_auth::ConnectContext {
+        ws: &ws.id,
+        settings: sf,
+        store: &store,
+        cipher: Some(&cipher),
+        clock: &SystemClock,
+        http: &http,
+        wait: Duration::from_secs(args.timeout_secs),
+    };
+    if args.revoke {
+        let r = sf_auth::revoke(&cx).await.map_err(sf_err)?;
+        println!(
+            "revoked the Salesforce {} token of workspace {} (org {}){}; the stored tokens are deleted. Run `enrichd connect salesforce` to connect again.",
+            r.token,
+            ws.id,
+            r.org_id,
+            if r.already_invalid {
+                " (Salesforce already considered it invalid)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+    let no_browser = args.no_browser;
+    let c = sf_auth::connect(&cx, |url: String| async move {
+        println!("Open this URL to approve enrichd in Salesforce:\n{url}");
+        if !no_browser {
+            open_browser(&url);
+        }
+    })
+    .await
+    .map_err(sf_err)?;
+    println!(
+        "connected workspace {} to Salesforce org {} as user {} ({}; instance {}; scopes: {}{})",
+        ws.id,
+        c.org_id,
+        c.user_id,
+        c.flow,
+        c.instance_url,
+        if c.scopes.is_empty() {
+            "as configured in the connected app".to_string()
+        } else {
+            c.scopes.join(" ")
+        },
+        if c.flow == "web_server" && !c.refresh_token {
+            "; WARNING: no refresh token was issued, the connection ends with this session"
+        } else {
+            ""
+        }
+    );
+    let Some(client) =
+        SalesforceClient::open(settings, ws, store, Arc::new(SystemClock)).map_err(sf_err)?
+    else {
+        return Ok(());
+    };
+    let providers: std::collections::BTreeSet<String> =
+        ws.order.values().flatten().cloned().collect();
+    let opts = crate::crm::schema::CheckOptions {
+        can_create: false,
+        providers: providers.into_iter().collect(),
+    };
+    for o in &sf.objects {
+        let schema = client.describe(o.object).await.map_err(sf_err)?;
+        let c = crate::crm::schema::check_mapping_with(&o.mapping, &o.mapping_file, &schema, &opts);
+        if c.problems.is_empty() {
+            println!(
+                "{}: the {} mapped fields exist and can hold what enrichd writes",
+                o.object,
+                c.checked.len()
+            );
+        } else {
+            println!(
+                "{}: {} of the {} mapped fields need an admin (enrichd never creates Salesforce fields):",
+                o.object,
+                c.problems.len(),
+                c.checked.len()
+            );
+            for p in &c.problems {
+                println!("  ✗ {p}");
+            }
+            println!("  then run `enrichd check` again");
+        }
+    }
+    Ok(())
+}
+
+fn sf_err(e: crate::crm::salesforce::SalesforceError) -> CliError {
+    CliError::Crm(e.to_string())
+}
+
+/// What `connect salesforce` would do, printed instead of doing it.
+fn salesforce_plan(ws: &crate::core::lead::WorkspaceId, sf: &SalesforceSettings) {
+    println!("Dry run: nothing is opened, stored or sent.");
+    match &sf.auth {
+        SalesforceAuth::WebServer {
+            client_id,
+            client_secret,
+            redirect_uri,
+            scopes,
+        } => {
+            println!(
+                "workspace {ws} would be connected to Salesforce through the connected app {} at {} \
+                 (web-server flow with PKCE and state, callback {redirect_uri}{})",
+                short_key(client_id),
+                sf.login.base(),
+                if client_secret.is_some() {
+                    ", consumer secret sent"
+                } else {
+                    ", no consumer secret"
+                }
+            );
+            println!("scopes: {}", scopes.join(" "));
+        }
+        SalesforceAuth::Jwt {
+            client_id,
+            username,
+            key_file,
+            ..
+        } => println!(
+            "workspace {ws} would be connected to Salesforce as {username} with the JWT bearer flow \
+             (connected app {}, key {}, audience {}) at {}",
+            short_key(client_id),
+            key_file.display(),
+            sf.login.jwt_audience(),
+            sf.login.base()
+        ),
+    }
+    println!(
+        "data calls go to the instance_url Salesforce returns (API {}); tokens are sealed with the master key",
+        sf.api_version
+    );
+    for o in &sf.objects {
+        println!(
+            "then the {} mapped {} fields of {} would be checked against the live describe \
+             (missing ones are reported with the admin steps, never created):",
+            o.mapping.fields().len(),
+            o.object,
+            o.mapping_file.display()
+        );
+        for f in o.mapping.fields() {
+            println!("  {f}");
+        }
+    }
+}
+
+/// A consumer key shortened for display (it is not a secret, but long).
+fn short_key(k: &str) -> String {
+    if k.chars().count() > 16 {
+        format!("{}…", k.chars().take(12).collect::<String>())
+    } else {
+        k.to_string()
+    }
+}
+
 /// What `connect` would do, printed instead of doing it.
 fn connect_plan(ws: &crate::core::lead::WorkspaceId, h: &crate::config::crm::HubSpotSettings) {
     println!("Dry run: nothing is opened, stored or created.");
@@ -206,7 +408,7 @@ fn connect_plan(ws: &crate::core::lead::WorkspaceId, h: &crate::config::crm::Hub
     }
 }
 
-fn open_browser(url: &str) {
+pub(super) fn open_browser(url: &str) {
     let opener = if cfg!(target_os = "macos") {
         "open"
     } else {
@@ -288,6 +490,12 @@ pub async fn sync(config: &Path, args: SyncArgs) -> Result<(), CliError> {
     }
     let settings = Arc::new(Settings::load(config, &EnvSecrets)?);
     let ws = pick_workspace(&settings, args.workspace.as_deref())?;
+    if matches!(ws.crm, Some(CrmSettings::Salesforce(_))) {
+        return Err(CliError::Usage(format!(
+            "workspace `{}` is connected to Salesforce: `enrichd sync` for Salesforce arrives with the next release (`enrichd connect salesforce` and `enrichd check` work now)",
+            ws.id
+        )));
+    }
     let store = crate::store::open(&settings.storage_url).await?;
     store.migrate().await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

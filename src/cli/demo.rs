@@ -734,7 +734,8 @@ impl CrmDemo {
                 .channels
                 .get(&Channel::WorkEmail)
                 .map(|r| r.value.field.clone()),
-            None => None,
+            // The demo's CRM is HubSpot (run_crm is entered for HubSpot only).
+            Some(CrmSettings::Salesforce(_)) | None => None,
         };
         if let Some(f) = &echo_field {
             subs.push(Subscription::property_change(f));

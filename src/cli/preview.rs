@@ -105,6 +105,15 @@ pub(crate) fn mapping_of(
         Some(CrmSettings::HubSpot(h)) => {
             Ok((h.mapping.clone(), h.mapping_file.display().to_string()))
         }
+        // The first configured object's mapping (Lead by default); reading
+        // records live from Salesforce arrives with the Salesforce sync.
+        Some(CrmSettings::Salesforce(s)) => s
+            .objects
+            .first()
+            .map(|o| (o.mapping.clone(), o.mapping_file.display().to_string()))
+            .ok_or_else(|| {
+                CliError::Usage(format!("workspace {} maps no Salesforce object", ws.id))
+            }),
         None => Err(CliError::Usage(format!(
             "workspace {} has no CRM, so nothing would be written back; add a \
              [workspaces.crm] section to the config, or pass --mapping <file> to preview \

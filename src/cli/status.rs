@@ -126,6 +126,25 @@ async fn workspace_status(
                 pending_events: pending,
             })
         }
+        Some(CrmSettings::Salesforce(sf)) => {
+            let name = crate::crm::salesforce::CRM;
+            let object = sf.objects.first().map_or("Lead", |o| o.object.as_str());
+            let c = store.connection(&ws.id, name).await?;
+            let s = store.sync_state(&ws.id, name, object).await?;
+            let pending = store.pending_events(&ws.id, name, 10_000).await?.len();
+            Some(Crm {
+                crm: name.into(),
+                state: c
+                    .as_ref()
+                    .map_or("not connected".into(), |c| c.state.as_str().to_string()),
+                reason: c.map(|c| c.reason).unwrap_or_default(),
+                last_sync_at: s.last_sync_at,
+                watermark: s.watermark,
+                last_error: s.last_error,
+                backfill_done: s.backfill_done,
+                pending_events: pending,
+            })
+        }
         None => None,
     };
 

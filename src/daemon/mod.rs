@@ -133,6 +133,12 @@ pub async fn run(
     // Per workspace with a CRM: its connector and what wakes its event loop.
     let mut hubs: Vec<(Arc<HubSpot>, Arc<Notify>)> = Vec::new();
     for ws in &settings.workspaces {
+        if matches!(ws.crm, Some(CrmSettings::Salesforce(_))) {
+            tracing::warn!(
+                workspace = %ws.id,
+                "Salesforce sync, write-back and Outbound Messages arrive with the next release; this workspace is not synced"
+            );
+        }
         if !matches!(ws.crm, Some(CrmSettings::HubSpot(_))) {
             continue;
         }

@@ -17,6 +17,7 @@ mod jobs;
 mod metrics;
 mod misc;
 mod preview;
+mod salesforce;
 mod status;
 mod store;
 mod support;

@@ -16,6 +16,9 @@ use enrichd::engine::report::RunReport;
 use enrichd::engine::{Engine, EngineOptions};
 use enrichd::store::Store;
 use enrichd_sim::hubspot::{HubSpotData, HubSpotOptions, HubSpotSim, start_hubspot};
+use enrichd_sim::salesforce::{
+    SalesforceData, SalesforceOptions, SalesforceSim, SeedSpec, start_salesforce,
+};
 use enrichd_sim::{Knowledge, Population, ProviderKind, SimChannel, SimOptions, SimServer, Word};
 
 /// Account limits far above anything a test sends.
@@ -46,6 +49,7 @@ pub struct HarnessBuilder {
     store_url: Option<String>,
     connector_files: Vec<(String, String)>,
     hubspot: Option<HubSpotSpec>,
+    salesforce: Option<SalesforceSpec>,
     /// Lines of a `[server]` section.
     server: Option<String>,
     /// More `[[workspaces]]` tables, after workspace `t`.
@@ -64,6 +68,34 @@ pub struct HubSpotSpec {
     pub mapping: Option<String>,
 }
 
+/// A Salesforce simulator seeded from the population (Leads are people
+/// `0..seed.leads`, Contacts the next `seed.contacts`), and the workspace's
+/// `[workspaces.crm]` pointing at its login host.
+pub struct SalesforceSpec {
+    pub opts: SalesforceOptions,
+    pub seed: SeedSpec,
+    /// Connect with the JWT bearer flow (the fixtures' test key; the
+    /// simulator gets its public key) instead of the web-server flow.
+    pub jwt: bool,
+    /// Extra lines for `[workspaces.crm]`.
+    pub crm_extra: String,
+    /// mappings/salesforce.toml text (default: the shipped file).
+    pub mapping: Option<String>,
+}
+
+impl SalesforceSpec {
+    /// The web-server flow, 40 Leads and 10 Contacts, the shipped mapping.
+    pub fn new(opts: SalesforceOptions) -> Self {
+        SalesforceSpec {
+            opts,
+            seed: SeedSpec::new(40, 10),
+            jwt: false,
+            crm_extra: String::new(),
+            mapping: None,
+        }
+    }
+}
+
 /// The master key tests seal tokens with.
 pub const TEST_MASTER_KEY: &str =
     "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -79,6 +111,7 @@ impl HarnessBuilder {
             store_url: None,
             connector_files: Vec::new(),
             hubspot: None,
+            salesforce: None,
             server: None,
             more_workspaces: String::new(),
         }
@@ -102,6 +135,13 @@ impl HarnessBuilder {
     /// authorised: call `Harness::connect_hubspot`).
     pub fn hubspot(mut self, spec: HubSpotSpec) -> Self {
         self.hubspot = Some(spec);
+        self
+    }
+
+    /// A Salesforce simulator and the workspace connected to it (not yet
+    /// authorised: call `Harness::connect_salesforce`).
+    pub fn salesforce(mut self, spec: SalesforceSpec) -> Self {
+        self.salesforce = Some(spec);
         self
     }
 
@@ -259,6 +299,57 @@ impl HarnessBuilder {
             toml.push_str("[security]\nmaster_key_env = \"TEST_MASTER_KEY\"\n\n");
             hubspot = Some(sim);
         }
+        let mut salesforce = None;
+        if let Some(spec) = self.salesforce {
+            let base_ms = chrono::Utc::now().timestamp_millis() - 2 * 86_400_000;
+            let data = SalesforceData::from_population(&population, base_ms, &spec.seed);
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let mut opts = spec.opts;
+            if spec.jwt {
+                let pem =
+                    std::fs::read_to_string(root.join("fixtures/salesforce/jwt_test_key.pub.pem"))
+                        .expect("test public key");
+                opts = opts.with_jwt_public_key_pem(&pem);
+            }
+            let sim = start_salesforce(data, opts)
+                .await
+                .expect("start Salesforce simulator");
+            secrets.insert("SF_CLIENT_ID".into(), sim.options().client_id.clone());
+            secrets.insert(
+                "SF_CLIENT_SECRET".into(),
+                sim.options().client_secret.clone(),
+            );
+            secrets.insert("TEST_MASTER_KEY".into(), TEST_MASTER_KEY.into());
+            let mdir = dir.path().join("mappings");
+            std::fs::create_dir_all(&mdir).expect("mappings dir");
+            let mapping = spec.mapping.clone().unwrap_or_else(|| {
+                std::fs::read_to_string(root.join("mappings/salesforce.toml"))
+                    .expect("shipped mapping")
+            });
+            std::fs::write(mdir.join("salesforce.toml"), mapping).expect("write mapping");
+            let mut crm = format!(
+                "\n[workspaces.crm]\nkind = \"salesforce\"\nlogin_url = \"{}\"\n\
+                 client_id_env = \"SF_CLIENT_ID\"\ntimeout_secs = 5\nmax_retries = 3\n",
+                sim.login_url()
+            );
+            if spec.jwt {
+                crm.push_str(&format!(
+                    "jwt = {{ key_file = \"{}\", username = \"{}\" }}\n",
+                    root.join("fixtures/salesforce/jwt_test_key.pem").display(),
+                    sim.options().username
+                ));
+            } else {
+                crm.push_str(
+                    "client_secret_env = \"SF_CLIENT_SECRET\"\nredirect_uri = \"http://127.0.0.1:0/oauth/callback\"\n",
+                );
+            }
+            crm.push_str(&spec.crm_extra);
+            workspace.push_str(&crm);
+            if !toml.contains("[security]") {
+                toml.push_str("[security]\nmaster_key_env = \"TEST_MASTER_KEY\"\n\n");
+            }
+            salesforce = Some(sim);
+        }
         let prefix = toml.clone();
         toml.push_str(&format!("[[workspaces]]\nid = \"t\"\n{}\n", workspace));
         toml.push_str(&self.more_workspaces);
@@ -322,6 +413,7 @@ impl HarnessBuilder {
             config_prefix: prefix,
             secrets,
             hubspot,
+            salesforce,
             _dir: dir,
         }
     }
@@ -340,6 +432,7 @@ pub struct Harness {
     /// Environment variable → API key, as the config names them.
     pub secrets: BTreeMap<String, String>,
     pub hubspot: Option<HubSpotSim>,
+    pub salesforce: Option<SalesforceSim>,
     _dir: tempfile::TempDir,
 }
 
@@ -478,6 +571,75 @@ impl Harness {
         )
         .await
         .expect("connect")
+    }
+
+    pub fn sf(&self) -> &SalesforceSim {
+        self.salesforce
+            .as_ref()
+            .expect("harness has a Salesforce simulator")
+    }
+
+    pub fn sf_settings(&self) -> Arc<enrichd::config::crm::SalesforceSettings> {
+        match &self.ws.crm {
+            Some(enrichd::config::crm::CrmSettings::Salesforce(s)) => s.clone(),
+            _ => panic!("workspace has no Salesforce"),
+        }
+    }
+
+    /// The workspace's Salesforce client on `clock` (a fresh one: its own
+    /// token cache, budget and semaphore, like a new process).
+    pub fn salesforce_client(
+        &self,
+        clock: Arc<dyn enrichd::clock::Clock>,
+    ) -> enrichd::crm::salesforce::client::SalesforceClient {
+        enrichd::crm::salesforce::client::SalesforceClient::open(
+            &self.settings,
+            &self.ws,
+            self.store.clone(),
+            clock,
+        )
+        .expect("open Salesforce")
+        .expect("workspace has Salesforce")
+    }
+
+    /// Runs the real connect flow; the browser step follows the authorize
+    /// redirect to enrichd's loopback callback (the JWT flow needs none).
+    pub async fn try_connect_salesforce(
+        &self,
+    ) -> Result<enrichd::crm::salesforce::auth::Connected, enrichd::crm::salesforce::SalesforceError>
+    {
+        use enrichd::crm::salesforce::auth;
+        let s = self.sf_settings();
+        let cipher =
+            enrichd::crypto::TokenCipher::from_key_text("TEST_MASTER_KEY", TEST_MASTER_KEY)
+                .expect("cipher");
+        let http = auth::http_client(Duration::from_secs(5)).expect("http");
+        auth::connect(
+            &auth::ConnectContext {
+                ws: &self.ws.id,
+                settings: &s,
+                store: &self.store,
+                cipher: Some(&cipher),
+                clock: &SystemClock,
+                http: &http,
+                wait: Duration::from_secs(10),
+            },
+            |url: String| async move {
+                // The browser follows Salesforce's 302 to the loopback.
+                let browser = reqwest::Client::new();
+                let page = browser.get(&url).send().await.expect("browser");
+                assert!(
+                    page.status().is_success(),
+                    "callback page: {}",
+                    page.status()
+                );
+            },
+        )
+        .await
+    }
+
+    pub async fn connect_salesforce(&self) -> enrichd::crm::salesforce::auth::Connected {
+        self.try_connect_salesforce().await.expect("connect")
     }
 
     /// A second engine on the same store and settings (another process's view).

@@ -596,14 +596,14 @@ impl Puller {
     fn lookback_ms(&self) -> i64 {
         match &self.ws.crm {
             Some(crate::config::crm::CrmSettings::HubSpot(h)) => h.lookback.as_millis() as i64,
-            None => 600_000,
+            _ => 600_000,
         }
     }
 
     fn company_ttl_ms(&self) -> i64 {
         match &self.ws.crm {
             Some(crate::config::crm::CrmSettings::HubSpot(h)) => h.company_ttl.as_millis() as i64,
-            None => 86_400_000,
+            _ => 86_400_000,
         }
     }
 
