@@ -62,6 +62,13 @@ pub enum Rejection {
     Malformed,
     /// The events could not be recorded (`503`, the CRM retries).
     Store,
+    /// Salesforce: the URL token is missing or matches no workspace (`401`).
+    Token,
+    /// Salesforce: the message is from another organisation than the one
+    /// connected (`403`).
+    Organization,
+    /// Salesforce: the workspace has no connected organisation yet (`503`).
+    NotConnected,
 }
 
 impl Rejection {
@@ -72,6 +79,9 @@ impl Rejection {
             Rejection::NoPortal => "no_portal",
             Rejection::Malformed => "malformed",
             Rejection::Store => "store",
+            Rejection::Token => "token",
+            Rejection::Organization => "organization",
+            Rejection::NotConnected => "not_connected",
         }
     }
 }

@@ -491,10 +491,7 @@ pub async fn sync(config: &Path, args: SyncArgs) -> Result<(), CliError> {
     let settings = Arc::new(Settings::load(config, &EnvSecrets)?);
     let ws = pick_workspace(&settings, args.workspace.as_deref())?;
     if matches!(ws.crm, Some(CrmSettings::Salesforce(_))) {
-        return Err(CliError::Usage(format!(
-            "workspace `{}` is connected to Salesforce: `enrichd sync` for Salesforce arrives with the next release (`enrichd connect salesforce` and `enrichd check` work now)",
-            ws.id
-        )));
+        return sync_salesforce(&settings, &ws, &args).await;
     }
     let store = crate::store::open(&settings.storage_url).await?;
     store.migrate().await?;
@@ -565,4 +562,153 @@ pub async fn sync(config: &Path, args: SyncArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+fn sf_sync_err(e: crate::crm::salesforce::SalesforceError) -> CliError {
+    CliError::Crm(e.to_string())
+}
+
+/// `enrichd sync --once` for a Salesforce workspace: one pass over every
+/// configured object, then the recorded Outbound-Message events; with
+/// `--dry-run`, the preview of what the pass would write (per object, the
+/// watermark held).
+async fn sync_salesforce(
+    settings: &Arc<Settings>,
+    ws: &Arc<crate::config::Workspace>,
+    args: &SyncArgs,
+) -> Result<(), CliError> {
+    use crate::crm::salesforce::sync::{SalesforceSync, SyncOptions as SfOptions};
+    let store = crate::store::open(&settings.storage_url).await?;
+    store.migrate().await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let sf = SalesforceSync::open(settings, ws, store.clone(), clock)
+        .map_err(sf_sync_err)?
+        .ok_or_else(|| CliError::Usage(format!("workspace `{}` has no CRM configured", ws.id)))?;
+    let opts = SfOptions {
+        full: args.full,
+        enrich: !args.no_enrich,
+        write: !args.no_write,
+    };
+    if args.dry_run {
+        let format = args.preview_format.unwrap_or_else(|| args.format.into());
+        for object in sf.objects() {
+            let p = salesforce_dry_run(settings, &sf, object, &*store, opts).await?;
+            super::preview::print(&p, format)?;
+        }
+        return Ok(());
+    }
+    let engine = if opts.enrich {
+        Some(start_engine(settings.clone(), store).await?.0)
+    } else {
+        None
+    };
+    let report = sf.sync(engine.as_ref(), opts).await.map_err(sf_sync_err)?;
+    let events = sf
+        .process_events(engine.as_ref(), opts)
+        .await
+        .map_err(sf_sync_err)?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::json!({"sync": report, "events": events})),
+        Format::Table => {
+            for o in &report.objects {
+                let p = &o.pull;
+                println!(
+                    "{}: read {} records ({} handed on, {} already handled within the lookback, {} converted left out, {} malformed) in {} query calls / {} pages{}",
+                    p.object.map_or("?", |o| o.as_str()),
+                    p.records,
+                    p.leads,
+                    p.repeats,
+                    p.converted,
+                    p.skipped,
+                    p.queries,
+                    p.pages,
+                    if p.backfill { " (backfill)" } else { "" }
+                );
+            }
+            println!("enriched {} leads", report.enriched + events.enriched);
+            let w = &report.write;
+            println!(
+                "wrote {} fields on {} records ({} Collections calls, {} Bulk jobs for {} records); {} failed",
+                w.summary.fields_written,
+                w.summary.records_written,
+                w.collection_calls,
+                w.bulk_jobs,
+                w.records_via_bulk,
+                w.summary.records_failed
+            );
+            for (id, why) in report.failures.iter().take(20) {
+                println!("  {id}: {why}");
+            }
+            println!(
+                "Outbound Message events: {} handled, {} ignored",
+                events.events - events.ignored,
+                events.ignored
+            );
+            println!(
+                "Salesforce API calls: {} ({} REQUEST_LIMIT_EXCEEDED)",
+                report.api_calls, report.limit_exceeded
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The preview of one Salesforce object's pass: its changed records are
+/// read (the watermark held) and previewed with the stored values.
+async fn salesforce_dry_run(
+    settings: &Settings,
+    sf: &crate::crm::salesforce::sync::SalesforceSync,
+    object: crate::crm::salesforce::SObject,
+    store: &dyn crate::store::Store,
+    opts: crate::crm::salesforce::sync::SyncOptions,
+) -> Result<crate::preview::Preview, CliError> {
+    use crate::crm::salesforce::SalesforceError;
+    use crate::crm::salesforce::pull::PageSink;
+    use crate::preview::run::{Options, Previewer};
+
+    struct Sink<'a>(tokio::sync::Mutex<Previewer<'a>>);
+    impl PageSink for Sink<'_> {
+        fn page(
+            &self,
+            leads: Vec<crate::core::lead::Lead>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), SalesforceError>> + Send + '_>,
+        > {
+            Box::pin(async move {
+                self.0
+                    .lock()
+                    .await
+                    .add(leads)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| SalesforceError::Transport {
+                        endpoint: "preview".into(),
+                        message: e.to_string(),
+                    })
+            })
+        }
+    }
+
+    let popts = Options {
+        estimate: opts.enrich,
+        ..Options::default()
+    };
+    let Some(obj) = sf.settings.object(object) else {
+        return Err(CliError::Usage(format!("{object} is not synced")));
+    };
+    let file = obj.mapping_file.display().to_string();
+    let mapping = opts.write.then_some((&*obj.mapping, file.as_str()));
+    let view = sf.view(object);
+    let pv = Previewer::new(settings, &view, mapping, store, &popts, SystemClock.now()).await?;
+    let sink = Sink(tokio::sync::Mutex::new(pv));
+    let puller = sf.dry_run_puller(object);
+    let pulled = puller
+        .pull_uncommitted(&sink, opts.full)
+        .await
+        .map_err(sf_sync_err)?;
+    // A dry run never saves the sync state (commit is a no-op here).
+    puller.commit(pulled).await.map_err(sf_sync_err)?;
+    let mut p = sink.0.into_inner().finish();
+    p.records = "live";
+    Ok(p)
 }

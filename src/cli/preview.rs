@@ -105,8 +105,7 @@ pub(crate) fn mapping_of(
         Some(CrmSettings::HubSpot(h)) => {
             Ok((h.mapping.clone(), h.mapping_file.display().to_string()))
         }
-        // The first configured object's mapping (Lead by default); reading
-        // records live from Salesforce arrives with the Salesforce sync.
+        // The first configured object's mapping (Lead by default).
         Some(CrmSettings::Salesforce(s)) => s
             .objects
             .first()
@@ -142,6 +141,25 @@ impl Records for HubSpotRecords {
     }
 }
 
+/// Live records through SOQL `Id IN (…)` (200 ids per query).
+struct SalesforceRecords(crate::crm::salesforce::pull::Puller);
+
+impl Records for SalesforceRecords {
+    fn read<'a>(
+        &'a self,
+        ids: &'a [LeadId],
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<Lead>, PreviewError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            self.0
+                .by_ids(ids)
+                .await
+                .map_err(|e| PreviewError::Crm(e.to_string()))
+        })
+    }
+}
+
 pub(crate) async fn run(config: &Path, args: PreviewArgs) -> Result<(), CliError> {
     let settings = Arc::new(Settings::load(config, &EnvSecrets)?);
     let ws = super::pick_workspace(&settings, args.workspace.as_deref())?;
@@ -149,7 +167,40 @@ pub(crate) async fn run(config: &Path, args: PreviewArgs) -> Result<(), CliError
     let store = crate::store::open(&settings.storage_url).await?;
     store.migrate().await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let live = if args.live {
+    // A Salesforce workspace is previewed through its object's view (the
+    // Salesforce identity field names), exactly as the sync enriches and
+    // writes it, so the preview equals what a pass writes.
+    let (ws, sf_object) = match &ws.crm {
+        Some(CrmSettings::Salesforce(s)) => {
+            let object = s
+                .objects
+                .first()
+                .map_or(crate::crm::salesforce::SObject::Lead, |o| o.object);
+            (
+                crate::crm::salesforce::sync::object_workspace(&ws, s, object),
+                Some(object),
+            )
+        }
+        _ => (ws, None),
+    };
+    let live: Option<Box<dyn Records>> = if !args.live {
+        None
+    } else if let Some(object) = sf_object {
+        let sf = crate::crm::salesforce::sync::SalesforceSync::open(
+            &settings,
+            &ws,
+            store.clone(),
+            clock.clone(),
+        )
+        .map_err(|e| CliError::Crm(e.to_string()))?
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--live re-reads records from the workspace's CRM, and workspace {} has none",
+                ws.id
+            ))
+        })?;
+        Some(Box::new(SalesforceRecords(sf.puller(object))))
+    } else {
         let hs = HubSpot::open(&settings, &ws, store.clone(), clock.clone())
             .map_err(|e| CliError::Crm(e.to_string()))?
             .ok_or_else(|| {
@@ -158,9 +209,7 @@ pub(crate) async fn run(config: &Path, args: PreviewArgs) -> Result<(), CliError
                     ws.id
                 ))
             })?;
-        Some(HubSpotRecords(hs.puller()))
-    } else {
-        None
+        Some(Box::new(HubSpotRecords(hs.puller())))
     };
     let opts = Options {
         filter: Filter {
@@ -185,7 +234,7 @@ pub(crate) async fn run(config: &Path, args: PreviewArgs) -> Result<(), CliError
             now: clock.now(),
         },
         &opts,
-        live.as_ref().map(|r| r as &dyn Records),
+        live.as_deref(),
     )
     .await?;
     print(&p, args.format)

@@ -1171,6 +1171,39 @@ mapping = "mapping.toml"
         }
     }
 
+    /// The URL token routes an Outbound Message to its workspace, so two
+    /// workspaces may not share one; distinct tokens load.
+    #[test]
+    fn two_salesforce_workspaces_may_not_share_an_outbound_token() {
+        let second = |var: &str| {
+            format!(
+                "outbound_token_env = \"T_ONE\"\n\n[[workspaces]]\nid = \"beta\"\nproviders = [\"apollo\"]\n\
+                 [[workspaces.audiences]]\nname = \"customers\"\nchannels = [\"work_email\"]\n\
+                 [workspaces.crm]\nkind = \"salesforce\"\nmapping = \"mapping.toml\"\noutbound_token_env = \"{var}\"\n"
+            )
+        };
+        let tokens = [
+            ("T_ONE", "a-long-random-token"),
+            ("T_TWO", "another-long-random-token"),
+        ];
+        let (_d, r) = load_sf(&second("T_TWO"), &tokens);
+        assert!(r.is_ok(), "{:?}", r.err());
+        let (_d, r) = load_sf(&second("T_ONE"), &tokens);
+        let e = match r {
+            Ok(_) => panic!("a shared token was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("workspaces[1].crm.outbound_token_env"), "{e}");
+        assert!(
+            e.contains("same Outbound Message token as workspace `acme`"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("a-long-random-token"),
+            "the token is in the error: {e}"
+        );
+    }
+
     #[test]
     fn a_salesforce_jwt_workspace_loads_its_key() {
         let key = concat!(

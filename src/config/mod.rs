@@ -456,6 +456,7 @@ impl Validator {
         self.prices("pricing", base_prices);
         let mut ids = BTreeSet::new();
         let mut workspaces = Vec::new();
+        let mut tokens: Vec<(String, String)> = Vec::new();
         if raw.workspaces.is_empty() {
             self.err(
                 "workspaces",
@@ -473,6 +474,28 @@ impl Validator {
                 );
             }
             if let Some(ws) = self.workspace(&key, w, &accounts, base_prices, dir, secrets) {
+                // An Outbound Message is routed to its workspace by the URL
+                // token: two workspaces with one token would receive each
+                // other's changes.
+                if let Some(crm::CrmSettings::Salesforce(sf)) = &ws.crm
+                    && let Some(t) = &sf.outbound_token
+                {
+                    if let Some((other, _)) = tokens
+                        .iter()
+                        .find(|(_, o): &&(String, String)| o == t.expose())
+                    {
+                        self.err(
+                            format!("{key}.crm.outbound_token_env"),
+                            format!(
+                                "workspace `{}` uses the same Outbound Message token as workspace `{other}`",
+                                ws.id
+                            ),
+                            "give every Salesforce workspace its own token (a long random \
+                             string): the token in the URL routes a message to its workspace",
+                        );
+                    }
+                    tokens.push((ws.id.to_string(), t.expose().to_string()));
+                }
                 workspaces.push(Arc::new(ws));
             }
         }

@@ -29,6 +29,7 @@ use crate::config::Settings;
 use crate::config::crm::CrmSettings;
 use crate::core::lead::WorkspaceId;
 use crate::crm::hubspot::sync::{HubSpot, SyncOptions, webhook_state};
+use crate::crm::salesforce::sync::SalesforceSync;
 use crate::crm::{EventSink, SinkFuture, StoreSink};
 use crate::engine::{Engine, EngineOptions};
 use crate::store::Store;
@@ -59,6 +60,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error("HubSpot: {0}")]
     HubSpot(String),
+    #[error("Salesforce: {0}")]
+    Salesforce(String),
     #[error("the HTTP server stopped: {0}")]
     Server(String),
 }
@@ -132,12 +135,19 @@ pub async fn run(
 
     // Per workspace with a CRM: its connector and what wakes its event loop.
     let mut hubs: Vec<(Arc<HubSpot>, Arc<Notify>)> = Vec::new();
+    // Salesforce workspaces: what wakes their event loop when an Outbound
+    // Message is recorded (the loop itself: see below).
+    let mut sf_wakes: Vec<(WorkspaceId, Arc<Notify>)> = Vec::new();
+    let mut connectors: Vec<(Arc<dyn Connector>, Arc<Notify>)> = Vec::new();
     for ws in &settings.workspaces {
         if matches!(ws.crm, Some(CrmSettings::Salesforce(_))) {
-            tracing::warn!(
-                workspace = %ws.id,
-                "Salesforce sync, write-back and Outbound Messages arrive with the next release; this workspace is not synced"
-            );
+            let sf = SalesforceSync::open(&settings, ws, store.clone(), clock.clone())
+                .map_err(|e| DaemonError::Salesforce(e.to_string()))?;
+            if let Some(sf) = sf {
+                let wake = Arc::new(Notify::new());
+                sf_wakes.push((ws.id.clone(), wake.clone()));
+                connectors.push((Arc::new(sf), wake));
+            }
         }
         if !matches!(ws.crm, Some(CrmSettings::HubSpot(_))) {
             continue;
@@ -156,7 +166,9 @@ pub async fn run(
     )
     .await
     .map_err(|e| DaemonError::HubSpot(e.to_string()))?;
-    hooks.sink = Arc::new(WakingSink {
+    // One sink for both CRMs' deliveries: recorded, then the workspace's
+    // event loop is woken.
+    let sink: Arc<dyn EventSink> = Arc::new(WakingSink {
         inner: StoreSink {
             store: store.clone(),
             clock: clock.clone(),
@@ -164,8 +176,24 @@ pub async fn run(
         wake: hubs
             .iter()
             .map(|(h, n)| (h.ws.id.clone(), n.clone()))
+            .chain(sf_wakes.iter().cloned())
             .collect(),
     });
+    hooks.sink = sink.clone();
+    // `POST /webhooks/salesforce/{token}`: the token picks the workspace.
+    let outbound = crate::crm::salesforce::webhook::outbound_state(
+        &settings,
+        store.clone(),
+        clock.clone(),
+        sink,
+    );
+    if !outbound.routes.is_empty() {
+        tracing::info!(
+            endpoint = %format!("{public}{}/<outbound token>", crate::crm::salesforce::outbound::PATH),
+            workspaces = outbound.routes.len(),
+            "Salesforce Outbound Messages accepted"
+        );
+    }
 
     // The admin API enqueues jobs and wakes the workers that run them.
     let jobs_wake = Arc::new(Notify::new());
@@ -196,23 +224,34 @@ pub async fn run(
         .route("/metrics", get(metrics))
         .with_state(health)
         .merge(crate::crm::hubspot::webhook::router(Arc::new(hooks)))
+        .merge(crate::crm::salesforce::webhook::router(Arc::new(outbound)))
         .merge(crate::engine::callbacks::router(engine.clone()))
         .merge(admin::router(admin));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut work = JoinSet::new();
-    for (hub, wake) in &hubs {
-        work.spawn(sync_loop(hub.clone(), engine.clone(), stop_rx.clone()));
-        work.spawn(events_loop(
-            hub.clone(),
+    connectors.extend(
+        hubs.iter()
+            .map(|(h, w)| (h.clone() as Arc<dyn Connector>, w.clone())),
+    );
+    for (crm, wake) in &connectors {
+        work.spawn(sync_loop(
+            crm.clone(),
             engine.clone(),
+            clock.clone(),
+            stop_rx.clone(),
+        ));
+        work.spawn(events_loop(
+            crm.clone(),
+            engine.clone(),
+            clock.clone(),
             wake.clone(),
             stop_rx.clone(),
         ));
     }
     // Jobs in hand are finished or released before the grace period ends.
     work.spawn(workers.run(stop_rx.clone(), settings.shutdown_grace * 4 / 5));
-    tracing::info!(listen = %local, workspaces = hubs.len(), "enrichd run started");
+    tracing::info!(listen = %local, workspaces = connectors.len(), "enrichd run started");
 
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
@@ -257,55 +296,216 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     stopped || *stop.borrow()
 }
 
-/// Whether the workspace's connection can be used now.
-async fn usable(hub: &HubSpot) -> bool {
-    match hub
-        .store
-        .connection(&hub.ws.id, crate::crm::hubspot::auth::CRM)
-        .await
-    {
+/// What the daemon's loops need from a CRM connector (`crm::hubspot`,
+/// `crm::salesforce`): whether its connection can be used, a sync pass, and
+/// the recorded change notifications handled.
+trait Connector: Send + Sync + 'static {
+    fn workspace(&self) -> &WorkspaceId;
+    fn every(&self) -> Duration;
+    fn usable(&self) -> BoxFuture<'_, bool>;
+    /// One pass; on failure, the error and the time the CRM's limits allow
+    /// the next try, when they say.
+    fn pass<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>>;
+    fn events<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>>;
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What a pass or a round of events did, for the log.
+#[derive(Default)]
+struct Pass {
+    pulled: u64,
+    events: u64,
+    ignored: u64,
+    enriched: u64,
+    written: u64,
+    failed: u64,
+}
+
+struct Failed {
+    error: String,
+    /// The CRM's limits pause the connection until then (ms since the epoch).
+    until: Option<i64>,
+}
+
+const FULL: SyncOptions = SyncOptions {
+    full: false,
+    enrich: true,
+    write: true,
+};
+
+/// The state of a stored connection: usable, or why not (logged).
+async fn connected(store: &dyn Store, ws: &WorkspaceId, crm: &str, stored_optional: bool) -> bool {
+    match store.connection(ws, crm).await {
         Ok(Some(c)) if c.state == ConnectionState::Connected => true,
         Ok(Some(c)) => {
-            tracing::warn!(workspace = %hub.ws.id, reason = %c.reason, "HubSpot connection needs `enrichd connect hubspot` again; not syncing");
+            tracing::warn!(workspace = %ws, crm, reason = %c.reason, "the connection needs `enrichd connect {crm}` again; not syncing");
             false
         }
-        // A private-app token needs no stored connection.
-        Ok(None) => matches!(
-            hub.settings.auth,
-            crate::config::crm::HubSpotAuth::PrivateApp { .. }
-        ),
+        Ok(None) => stored_optional,
         Err(e) => {
-            tracing::warn!(workspace = %hub.ws.id, error = %e, "cannot read the HubSpot connection");
+            tracing::warn!(workspace = %ws, crm, error = %e, "cannot read the connection");
             false
         }
     }
 }
 
-/// A sync pass now, then one every `sync_interval`.
-async fn sync_loop(hub: Arc<HubSpot>, engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
-    let every = hub.settings.sync_interval;
-    loop {
-        let wait = if usable(&hub).await {
-            let opts = SyncOptions {
+impl Connector for HubSpot {
+    fn workspace(&self) -> &WorkspaceId {
+        &self.ws.id
+    }
+    fn every(&self) -> Duration {
+        self.settings.sync_interval
+    }
+    fn usable(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            // A private-app token needs no stored connection.
+            let private = matches!(
+                self.settings.auth,
+                crate::config::crm::HubSpotAuth::PrivateApp { .. }
+            );
+            connected(
+                self.store.as_ref(),
+                &self.ws.id,
+                crate::crm::hubspot::auth::CRM,
+                private,
+            )
+            .await
+        })
+    }
+    fn pass<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>> {
+        Box::pin(async move {
+            match self.sync(Some(engine), FULL).await {
+                Ok(r) => Ok(Pass {
+                    pulled: r.pull.contacts,
+                    enriched: r.enriched,
+                    written: r.write.records_written,
+                    failed: r.write.records_failed,
+                    ..Pass::default()
+                }),
+                Err(e) => Err(Failed {
+                    error: e.to_string(),
+                    until: None,
+                }),
+            }
+        })
+    }
+    fn events<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>> {
+        Box::pin(async move {
+            match self.process_events(Some(engine), FULL).await {
+                Ok(r) => Ok(Pass {
+                    events: r.events,
+                    ignored: r.ignored,
+                    enriched: r.enriched,
+                    written: r.write.records_written,
+                    ..Pass::default()
+                }),
+                Err(e) => Err(Failed {
+                    error: e.to_string(),
+                    until: None,
+                }),
+            }
+        })
+    }
+}
+
+impl Connector for SalesforceSync {
+    fn workspace(&self) -> &WorkspaceId {
+        &self.ws.id
+    }
+    fn every(&self) -> Duration {
+        self.settings.sync_interval
+    }
+    fn usable(&self) -> BoxFuture<'_, bool> {
+        Box::pin(connected(
+            self.store.as_ref(),
+            &self.ws.id,
+            crate::crm::salesforce::CRM,
+            false,
+        ))
+    }
+    fn pass<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>> {
+        Box::pin(async move {
+            let opts = crate::crm::salesforce::sync::SyncOptions {
                 full: false,
                 enrich: true,
                 write: true,
             };
-            match hub.sync(Some(&engine), opts).await {
-                Ok(r) => {
+            match self.sync(Some(engine), opts).await {
+                Ok(r) => Ok(Pass {
+                    pulled: r.objects.iter().map(|o| o.pull.leads).sum(),
+                    enriched: r.enriched,
+                    written: r.write.summary.records_written,
+                    failed: r.write.summary.records_failed,
+                    ..Pass::default()
+                }),
+                Err(e) => Err(Failed {
+                    until: e.paused_until(),
+                    error: e.to_string(),
+                }),
+            }
+        })
+    }
+    fn events<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>> {
+        Box::pin(async move {
+            let opts = crate::crm::salesforce::sync::SyncOptions {
+                full: false,
+                enrich: true,
+                write: true,
+            };
+            match self.process_events(Some(engine), opts).await {
+                Ok(r) => Ok(Pass {
+                    events: r.events,
+                    ignored: r.ignored,
+                    enriched: r.enriched,
+                    written: r.write.summary.records_written,
+                    failed: r.write.summary.records_failed,
+                    ..Pass::default()
+                }),
+                Err(e) => Err(Failed {
+                    until: e.paused_until(),
+                    error: e.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+/// How long to wait after a failure: until the CRM's pause ends when it
+/// named one, else `RETRY_AFTER` (never longer than the interval).
+fn after_failure(f: &Failed, every: Duration, now_ms: i64) -> Duration {
+    match f.until {
+        Some(until) => Duration::from_millis(u64::try_from(until - now_ms).unwrap_or(0))
+            .max(Duration::from_secs(1)),
+        None => RETRY_AFTER.min(every),
+    }
+}
+
+/// A sync pass now, then one every `sync_interval`.
+async fn sync_loop(
+    crm: Arc<dyn Connector>,
+    engine: Arc<Engine>,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = crm.every();
+    loop {
+        let wait = if crm.usable().await {
+            match crm.pass(&engine).await {
+                Ok(p) => {
                     tracing::info!(
-                        workspace = %hub.ws.id,
-                        pulled = r.pull.contacts,
-                        enriched = r.enriched,
-                        written = r.write.records_written,
-                        failed = r.write.records_failed,
+                        workspace = %crm.workspace(),
+                        pulled = p.pulled,
+                        enriched = p.enriched,
+                        written = p.written,
+                        failed = p.failed,
                         "sync pass done"
                     );
                     every
                 }
-                Err(e) => {
-                    tracing::warn!(workspace = %hub.ws.id, error = %e, "sync pass failed; retrying");
-                    RETRY_AFTER.min(every)
+                Err(f) => {
+                    tracing::warn!(workspace = %crm.workspace(), error = %f.error, "sync pass stopped; it resumes from where the watermark is");
+                    after_failure(&f, every, clock.now())
                 }
             }
         } else {
@@ -317,10 +517,11 @@ async fn sync_loop(hub: Arc<HubSpot>, engine: Arc<Engine>, mut stop: watch::Rece
     }
 }
 
-/// Handles recorded webhook events as soon as a delivery is recorded.
+/// Handles recorded change notifications as soon as a delivery is recorded.
 async fn events_loop(
-    hub: Arc<HubSpot>,
+    crm: Arc<dyn Connector>,
     engine: Arc<Engine>,
+    clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -328,30 +529,29 @@ async fn events_loop(
         if *stop.borrow() {
             return;
         }
-        if usable(&hub).await {
-            let opts = SyncOptions {
-                full: false,
-                enrich: true,
-                write: true,
-            };
-            match hub.process_events(Some(&engine), opts).await {
-                Ok(r) if r.events > 0 => tracing::info!(
-                    workspace = %hub.ws.id,
-                    events = r.events,
-                    ignored = r.ignored,
-                    enriched = r.enriched,
-                    written = r.write.records_written,
-                    "webhook events handled"
+        let mut wait = EVENTS_POLL;
+        if crm.usable().await {
+            match crm.events(&engine).await {
+                Ok(p) if p.events > 0 => tracing::info!(
+                    workspace = %crm.workspace(),
+                    events = p.events,
+                    ignored = p.ignored,
+                    enriched = p.enriched,
+                    written = p.written,
+                    "change notifications handled"
                 ),
                 Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(workspace = %hub.ws.id, error = %e, "handling webhook events failed; they stay pending")
+                Err(f) => {
+                    tracing::warn!(workspace = %crm.workspace(), error = %f.error, "handling change notifications failed; they stay pending");
+                    if f.until.is_some() {
+                        wait = after_failure(&f, EVENTS_POLL, clock.now());
+                    }
                 }
             }
         }
         tokio::select! {
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(EVENTS_POLL) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -376,6 +576,24 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
                     if matches!(hs.auth, crate::config::crm::HubSpotAuth::PrivateApp { .. }) => {}
                 Ok(None) => problems.push(format!(
                     "workspace {}: HubSpot not connected: run `enrichd connect hubspot`",
+                    ws.id
+                )),
+                Err(e) => problems.push(format!("workspace {}: {e}", ws.id)),
+            }
+        }
+        if let Some(CrmSettings::Salesforce(_)) = &ws.crm {
+            match h
+                .store
+                .connection(&ws.id, crate::crm::salesforce::CRM)
+                .await
+            {
+                Ok(Some(c)) if c.state == ConnectionState::Connected => {}
+                Ok(Some(c)) => problems.push(format!(
+                    "workspace {}: Salesforce reconnect required ({}): run `enrichd connect salesforce`",
+                    ws.id, c.reason
+                )),
+                Ok(None) => problems.push(format!(
+                    "workspace {}: Salesforce not connected: run `enrichd connect salesforce`",
                     ws.id
                 )),
                 Err(e) => problems.push(format!("workspace {}: {e}", ws.id)),

@@ -18,6 +18,8 @@ mod metrics;
 mod misc;
 mod preview;
 mod salesforce;
+mod salesforce_outbound;
+mod salesforce_sync;
 mod status;
 mod store;
 mod support;

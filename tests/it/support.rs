@@ -759,3 +759,26 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = r.status().as_u16();
     Some((status, r.text().await.unwrap_or_default()))
 }
+
+impl Harness {
+    /// The workspace's Salesforce connection (pull, write-back, events) on
+    /// its own client, on the system clock.
+    pub fn salesforce_sync(&self) -> enrichd::crm::salesforce::sync::SalesforceSync {
+        self.salesforce_sync_on(Arc::new(SystemClock))
+    }
+
+    /// The same on `clock` (a client, budget and pull windows on it).
+    pub fn salesforce_sync_on(
+        &self,
+        clock: Arc<dyn enrichd::clock::Clock>,
+    ) -> enrichd::crm::salesforce::sync::SalesforceSync {
+        let client = Arc::new(self.salesforce_client(clock.clone()));
+        enrichd::crm::salesforce::sync::SalesforceSync::with_client(
+            &self.ws,
+            client,
+            self.store.clone(),
+            clock,
+        )
+        .expect("workspace has Salesforce")
+    }
+}

@@ -36,8 +36,19 @@
 //!   token-endpoint form bodies (§1.1–§1.4, §1.7).
 //! - [`datetime`]: Salesforce datetime text ↔ `UnixMillis`.
 //!
-//! Nothing here reads a clock, sends a request or touches the store: times
-//! come in as `UnixMillis`, answers as bytes or JSON values.
+//! Nothing in those reads a clock, sends a request or touches the store:
+//! times come in as `UnixMillis`, answers as bytes or JSON values.
+//!
+//! The pass, on top of them (I/O):
+//!
+//! - [`pull`]: one object's incremental pull (SOQL window and keyset,
+//!   `nextRecordsUrl` paging with the batch-size header, converted Leads
+//!   left out, lookback repeats skipped), `Id IN` re-reads, the watermark
+//!   committed by the sync.
+//! - [`writeback`]: Collections requests in flight, Bulk 2.0 ingest jobs,
+//!   per-record outcomes with retries.
+//! - [`sync`]: a pass (pull → bounded queue → page workers → writer →
+//!   commit) and the handling of recorded Outbound-Message events.
 
 use std::fmt;
 
@@ -55,9 +66,13 @@ pub mod jwt;
 pub mod limits;
 pub mod oauth;
 pub mod outbound;
+pub mod pull;
 pub mod records;
 pub mod soql;
+pub mod sync;
+pub mod webhook;
 pub mod write;
+pub mod writeback;
 
 /// The CRM name in stored rows and [`crate::crm::CrmEvent::crm`].
 pub const CRM: &str = "salesforce";
