@@ -174,6 +174,28 @@ async fn post(url: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
     (status, r.text().await.unwrap_or_default())
 }
 
+/// POSTs the head of a request announcing a `len`-byte body over a raw
+/// connection and reads the answer before sending any of the body: the
+/// route refuses on `Content-Length` alone. (A client still sending when
+/// the server answers and closes may lose the answer to a reset; reqwest
+/// reports a broken pipe then.)
+async fn post_too_long(base: &str, token: &str, len: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /webhooks/salesforce/{token} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// POSTs `mib` MiB of spaces with chunked transfer encoding (no
 /// `Content-Length`) over a raw connection; the answer's status.
 async fn post_chunked(base: &str, token: &str, mib: usize) -> u16 {
@@ -359,8 +381,7 @@ async fn a_wrong_token_or_organisation_is_refused_and_changes_nothing() {
         );
     }
     // Too large: refused before reading (Content-Length), and when streamed.
-    let (status, _) = post(&url, vec![b' '; 4 * 1024 * 1024 + 1]).await;
-    assert_eq!(status, 413);
+    assert_eq!(post_too_long(&base, TOKEN, 4 * 1024 * 1024 + 1).await, 413);
     assert_eq!(post_chunked(&base, TOKEN, 5).await, 413);
 
     assert!(events(&h, "t").await.is_empty(), "refusals change nothing");

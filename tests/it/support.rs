@@ -782,3 +782,17 @@ impl Harness {
         .expect("workspace has Salesforce")
     }
 }
+
+/// `crm_extra` for a Salesforce workspace that also syncs Contacts: writes
+/// the shipped mapping with `object = "Contact"` into `dir` and points
+/// `contact_mapping` at it (the Lead mapping stays the shipped one).
+pub fn salesforce_contact_mapping(dir: &std::path::Path) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped =
+        std::fs::read_to_string(root.join("mappings/salesforce.toml")).expect("shipped mapping");
+    let contact = shipped.replace("\nobject = \"Lead\"\n", "\nobject = \"Contact\"\n");
+    assert_ne!(contact, shipped, "the shipped mapping names its object");
+    let path = dir.join("salesforce-contact.toml");
+    std::fs::write(&path, contact).expect("write contact mapping");
+    format!("contact_mapping = {:?}\n", path.display().to_string())
+}

@@ -2095,3 +2095,203 @@ async fn duplicate_rules_alert_and_block() {
         s.shutdown().await;
     }
 }
+
+// ------------------------------------------------------------------------------- Accounts
+
+#[tokio::test]
+async fn contacts_read_their_account_through_relationship_fields() {
+    let (leads, contacts) = (20, 250);
+    let s = sim_with(
+        SeedSpec::new(leads, contacts),
+        SalesforceOptions::defaults(),
+    )
+    .await;
+    let tok = access(&s).await;
+
+    // One Account per company of the Contacts; every Contact points at its company's.
+    let accounts = s.account_ids();
+    assert!(
+        !accounts.is_empty() && accounts.len() < contacts,
+        "{}",
+        accounts.len()
+    );
+    assert!(
+        accounts
+            .iter()
+            .all(|a| a.starts_with("001") && a.len() == 18)
+    );
+    let p = pop();
+    let ids = s.contact_ids();
+    for (k, c) in ids.iter().enumerate() {
+        let person = p.person(leads + k);
+        let a = s.field(c, "AccountId").unwrap();
+        let a = a.as_str().unwrap();
+        assert!(accounts.iter().any(|x| x == a), "{a}");
+        assert_eq!(s.field(a, "Name"), Some(json!(person.company_name)));
+        assert_eq!(
+            s.field(a, "Website"),
+            Some(json!(format!("https://www.{}", person.domain)))
+        );
+    }
+    let acc = s.record(&accounts[0]).unwrap();
+    assert_eq!(acc["attributes"]["type"], "Account");
+    assert!(acc["BillingCountry"].is_string() && acc["NumberOfEmployees"].is_number());
+
+    // The Contact describe carries the lookup.
+    let r = get(
+        &s,
+        &tok,
+        &format!("/services/data/{V}/sobjects/Contact/describe"),
+    )
+    .await;
+    let d = r.json();
+    let f = d["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "AccountId")
+        .unwrap();
+    assert_eq!(f["type"], "reference");
+    assert_eq!(f["referenceTo"], json!(["Account"]));
+    assert_eq!(f["relationshipName"], "Account");
+
+    // Parent fields in the SELECT list: one nested object, where the first was selected,
+    // canonical case, with its own attributes.
+    let first = &ids[0];
+    let a0 = s.field(first, "AccountId").unwrap();
+    let a0 = a0.as_str().unwrap().to_string();
+    let q = format!(
+        "SELECT Id, account.name, Email, Account.Website, Account.NumberOfEmployees, AccountId FROM Contact WHERE Id = '{first}'"
+    );
+    let r = soql(&s, &tok, &q, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let want = format!(
+        r#"{{"attributes":{{"type":"Contact","url":"/services/data/{V}/sobjects/Contact/{first}"}},"Id":"{first}","Account":{{"attributes":{{"type":"Account","url":"/services/data/{V}/sobjects/Account/{a0}"}},"Name":"#
+    );
+    assert!(r.text.contains(&want), "{}", r.text);
+    let rec = &r.json()["records"][0];
+    let person = p.person(leads);
+    assert_eq!(rec["Account"]["Name"], json!(person.company_name));
+    assert_eq!(
+        rec["Account"]["Website"],
+        json!(format!("https://www.{}", person.domain))
+    );
+    assert!(rec["Account"]["NumberOfEmployees"].is_number());
+    assert_eq!(rec["AccountId"], json!(a0));
+    let acct = rec["Account"].as_object().unwrap();
+    assert_eq!(acct.len(), 4, "{acct:?}");
+
+    // Paging renders the parent on every page (values read when the page is served).
+    let r = soql(
+        &s,
+        &tok,
+        "SELECT Id, Account.Name FROM Contact ORDER BY SystemModstamp, Id",
+        Some(200),
+    )
+    .await;
+    let p1 = r.json();
+    assert_eq!(p1["totalSize"], contacts);
+    let next = p1["nextRecordsUrl"].as_str().unwrap().to_string();
+    let p2 = get(&s, &tok, &next).await.json();
+    assert_eq!(p2["records"].as_array().unwrap().len(), contacts - 200);
+    for rec in p1["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(p2["records"].as_array().unwrap())
+    {
+        assert_eq!(rec["Account"]["attributes"]["type"], "Account");
+        assert!(rec["Account"]["Name"].is_string(), "{rec}");
+    }
+
+    // A Contact without an Account: "Account": null. An AccountId naming no Account is
+    // refused; a real one is followed.
+    let path = format!("/services/data/{V}/sobjects/Contact/{first}");
+    let r = patch_json(&s, &tok, &path, &json!({"AccountId": null}), &ENRICHD).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let one = format!("SELECT Id, Account.Name, Account.Website FROM Contact WHERE Id = '{first}'");
+    let r = soql(&s, &tok, &one, None).await;
+    assert!(r.text.contains(r#""Account":null"#), "{}", r.text);
+    assert_eq!(r.json()["records"][0]["Account"], Value::Null);
+    let bogus = json!({"AccountId": "001000000000999AAA"});
+    let r = patch_json(&s, &tok, &path, &bogus, &ENRICHD).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error_code(), "INVALID_CROSS_REFERENCE_KEY");
+    let last = accounts.last().unwrap();
+    let r = patch_json(
+        &s,
+        &tok,
+        &path,
+        &json!({"AccountId": &last[..15]}),
+        &ENRICHD,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = soql(&s, &tok, &one, None).await;
+    assert_eq!(
+        r.json()["records"][0]["Account"]["Name"],
+        s.field(last, "Name").unwrap()
+    );
+
+    // Lead.ConvertedAccountId is a relationship to Account too (null on seeded Leads).
+    let r = soql(
+        &s,
+        &tok,
+        "SELECT Id, ConvertedAccount.Name FROM Lead LIMIT 1",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["records"][0]["ConvertedAccount"], Value::Null);
+
+    // Errors.
+    let cases = [
+        (
+            "SELECT Id, Account.Foo__c FROM Contact",
+            "INVALID_FIELD",
+            "No such column 'Foo__c' on entity 'Account'",
+        ),
+        (
+            "SELECT Id, Owner.Name FROM Contact",
+            "INVALID_FIELD",
+            "Didn't understand relationship 'Owner'",
+        ),
+        (
+            "SELECT Id, Account.Name FROM Lead",
+            "INVALID_FIELD",
+            "Didn't understand relationship 'Account'",
+        ),
+        (
+            "SELECT Id, Account.Owner.Name FROM Contact",
+            "INVALID_FIELD",
+            "Didn't understand relationship 'Owner'",
+        ),
+        (
+            "SELECT Id, Account.Name, account.NAME FROM Contact",
+            "MALFORMED_QUERY",
+            "duplicate field selected: Account.Name",
+        ),
+        (
+            "SELECT Id FROM Contact WHERE Account.Name = 'x'",
+            "MALFORMED_QUERY",
+            "simulator",
+        ),
+        (
+            "SELECT Id FROM Contact ORDER BY Account.Name",
+            "MALFORMED_QUERY",
+            "simulator",
+        ),
+        (
+            "SELECT Id FROM Account",
+            "INVALID_TYPE",
+            "sObject type 'Account' is not supported",
+        ),
+    ];
+    for (q, code, msg) in cases {
+        let r = soql(&s, &tok, q, None).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+        assert_eq!(r.error_code(), code, "{q}: {}", r.text);
+        assert!(r.text.contains(msg), "{q}: {}", r.text);
+    }
+    s.shutdown().await;
+}

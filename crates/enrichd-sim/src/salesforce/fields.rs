@@ -1,8 +1,11 @@
 //! The Lead and Contact field tables, read from the describe fixtures
 //! enrichd's tests use (`fixtures/salesforce/{lead,contact}_describe.json`,
 //! embedded at build time), so the simulator's schema and the fixtures can
-//! never drift apart. Parsed once per process; the strings live for the
-//! process (a handful of kilobytes).
+//! never drift apart; the Account table (the parent of `Contact.AccountId`,
+//! readable only through relationship fields) from `account_fields.json` next
+//! to this file, a subset of Account's standard fields in the same describe
+//! shape. Parsed once per process; the strings live for the process (a
+//! handful of kilobytes).
 
 use std::sync::OnceLock;
 
@@ -13,6 +16,7 @@ use super::schema::FieldSpec;
 const LEAD_DESCRIBE: &str = include_str!("../../../../fixtures/salesforce/lead_describe.json");
 const CONTACT_DESCRIBE: &str =
     include_str!("../../../../fixtures/salesforce/contact_describe.json");
+const ACCOUNT_FIELDS: &str = include_str!("account_fields.json");
 
 pub(crate) fn lead_fields() -> &'static [FieldSpec] {
     static FIELDS: OnceLock<Vec<FieldSpec>> = OnceLock::new();
@@ -22,6 +26,11 @@ pub(crate) fn lead_fields() -> &'static [FieldSpec] {
 pub(crate) fn contact_fields() -> &'static [FieldSpec] {
     static FIELDS: OnceLock<Vec<FieldSpec>> = OnceLock::new();
     FIELDS.get_or_init(|| parse(CONTACT_DESCRIBE))
+}
+
+pub(crate) fn account_fields() -> &'static [FieldSpec] {
+    static FIELDS: OnceLock<Vec<FieldSpec>> = OnceLock::new();
+    FIELDS.get_or_init(|| parse(ACCOUNT_FIELDS))
 }
 
 fn leak(s: &str) -> &'static str {
@@ -110,6 +119,7 @@ mod tests {
     fn every_fixture_field_is_read() {
         assert_eq!(super::lead_fields().len(), 64);
         assert_eq!(super::contact_fields().len(), 62);
+        assert_eq!(super::account_fields().len(), 23);
         let status = super::lead_fields()
             .iter()
             .find(|f| f.name == "Enrichment_Status__c")

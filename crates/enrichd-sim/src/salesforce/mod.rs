@@ -18,8 +18,11 @@
 //! [`SalesforceData::from_population`] builds Leads (people `0..leads`) and Contacts (the next
 //! `contacts` people) from the deterministic [`Population`](crate::Population), owned
 //! round-robin by four sales reps; user 0 is the integration user the OAuth flows log in as
-//! ([`SalesforceOptions::username`]). Ids are 18 characters with the real case-safe suffix
-//! (`00Q` Lead, `003` Contact, `005` User, `00D` org, `750` Bulk job, `01g` query locator,
+//! ([`SalesforceOptions::username`]). Each company of the Contacts' people becomes an
+//! **Account** (`Name` = the company name, `Website` = `https://www.<domain>`,
+//! `BillingCountry`, `NumberOfEmployees`, `Type`), and every seeded Contact's `AccountId` names
+//! its company's Account (see *Accounts* below). Ids are 18 characters with the real case-safe
+//! suffix (`00Q` Lead, `003` Contact, `001` Account, `005` User, `00D` org, `750` Bulk job, `01g` query locator,
 //! `04l` Outbound notification, `04k` Outbound action); 15-character ids are accepted
 //! wherever Salesforce accepts them. The field set and every describe attribute come from the
 //! describe fixtures enrichd's tests use (`fixtures/salesforce/{lead,contact}_describe.json`),
@@ -38,6 +41,36 @@
 //! * Every successful write sets `LastModifiedDate = SystemModstamp = now` (sim clock) and
 //!   `LastModifiedById`, even when no value changed (a DML update always does).
 //! * `Name` (FirstName LastName) and `Email_Domain__c` are recomputed after writes.
+//!
+//! ## Accounts and parent relationship fields
+//! Accounts are the parents of Contacts. Their field table (`account_fields.json` next to this
+//! module: Id, IsDeleted, Name, Type, ParentId, Billing{Street,City,State,PostalCode,Country},
+//! Phone, Fax, Website, Industry, AnnualRevenue, NumberOfEmployees, Description, OwnerId and the
+//! audit fields) is a subset of the standard Account object, in describe's shape.
+//! * A query on Contact may select `Account.<field>` for any field of that table (the
+//!   relationship name and the field are matched case-insensitively), and a query on Lead
+//!   `ConvertedAccount.<field>`: generally, any reference field whose `referenceTo` is
+//!   `["Account"]`, by its `relationshipName`. Each relationship renders **once**, as a nested
+//!   object keyed by the relationship name in canonical case, at the position of its first
+//!   field in the SELECT list, with its own `attributes` and its fields in SELECT order:
+//!   `"Account": {"attributes": {"type": "Account", "url":
+//!   "/services/data/vXX.X/sobjects/Account/001…"}, "Name": "Acme", "Website":
+//!   "https://www.acme.com"}`; `"Account": null` when the reference is null. (Salesforce's
+//!   shape; the reference's §2.1 shows only flat records, so this follows Salesforce's query
+//!   documentation.) Like other fields, parent values are read when each page is served.
+//! * Errors: a relationship no reference field has, or one to an object other than Account
+//!   (`Owner.Name`, `CreatedBy.Name`), or a path two levels deep (`Account.Owner.Name`) →
+//!   `INVALID_FIELD` "Didn't understand relationship 'X' in field path…" *(choice: Salesforce
+//!   accepts the User relationships; the simulator has no User sObject)*; an unknown Account
+//!   field → `INVALID_FIELD` "No such column 'X' on entity 'Account'…"; the same parent field
+//!   twice → `MALFORMED_QUERY` "duplicate field selected: Account.Name"; an Account
+//!   relationship field in WHERE or ORDER BY → `MALFORMED_QUERY` naming the simulator *(not
+//!   supported; Salesforce accepts it)*.
+//! * Account is not a top-level sObject here *(choice)*: `FROM Account` → `INVALID_TYPE`, and
+//!   it has no describe, REST, Collections or Bulk endpoints. Writing `Contact.AccountId` is
+//!   validated: an id naming no Account → `INVALID_CROSS_REFERENCE_KEY` (fields
+//!   `["AccountId"]`); null or `""` detaches the Contact. [`SalesforceSim::account_ids`] lists
+//!   Accounts; [`SalesforceSim::record`] and [`SalesforceSim::field`] read them.
 //!
 //! ## Sim clock
 //! Token sessions, the rolling 24 h allocation, query-locator expiry, authorization-code
@@ -109,22 +142,24 @@
 //!
 //! ## Query (§2)
 //! `GET /services/data/vXX.X/query?q=` and `…/queryAll?q=` (deleted rows only in queryAll)
-//! take the SOQL subset of the `soql` module: `SELECT f, … | COUNT() FROM Lead|Contact [WHERE …]
-//! [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], …] [LIMIT n] [OFFSET n≤2000]`, conditions with
-//! AND/OR/NOT/parentheses (mixing AND and OR unparenthesised is refused, as SOQL does) over
-//! `= != <> < <= > >= IN NOT IN LIKE`. Literals are type-checked against the field:
-//! datetimes unquoted (`2024-05-01T12:34:56Z`, `…56.000+0000`, `…56+02:00`; a zone is
-//! required; **a literal `+` must be URL-encoded as `%2B`**, otherwise it decodes to a space
-//! and the query is malformed, exactly as in Salesforce), strings quoted (compared
-//! case-insensitively), ids quoted (15 or 18 characters; compared on the case-sensitive
-//! 15-character key), booleans and null bare. Errors, all HTTP 400 with the error array:
-//! unknown field → `INVALID_FIELD` "No such column 'X' on entity 'Lead'. If you are attempting
-//! to use a custom field…" prefixed with the `ERROR at Row:1:Column:N` locator; relationship
-//! paths (`Owner.Name`) → `INVALID_FIELD`; a literal of the wrong type (`SystemModstamp >
-//! '2024-…'`) → `INVALID_FIELD` "value of filter criterion for field 'SystemModstamp' must be of
-//! type dateTime and should not be enclosed in quotes"; a bad id literal →
-//! `INVALID_QUERY_FILTER_OPERATOR`; unknown object → `INVALID_TYPE`; anything unparsable →
-//! `MALFORMED_QUERY`. Not supported *(choice)*: relationship queries, `FIELDS()`, aggregate
+//! take the SOQL subset of the `soql` module: `SELECT f | Parent.f, … | COUNT() FROM
+//! Lead|Contact [WHERE …] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], …] [LIMIT n] [OFFSET
+//! n≤2000]`, conditions with AND/OR/NOT/parentheses (mixing AND and OR unparenthesised is
+//! refused, as SOQL does) over `= != <> < <= > >= IN NOT IN LIKE`. `Parent.f` is a parent
+//! relationship field (`Account.Name` on Contact; see *Accounts* above). Literals are
+//! type-checked against the field: datetimes unquoted (`2024-05-01T12:34:56Z`, `…56.000+0000`,
+//! `…56+02:00`; a zone is required; **a literal `+` must be URL-encoded as `%2B`**, otherwise
+//! it decodes to a space and the query is malformed, exactly as in Salesforce), strings quoted
+//! (compared case-insensitively), ids quoted (15 or 18 characters; compared on the
+//! case-sensitive 15-character key), booleans and null bare. Errors, all HTTP 400 with the
+//! error array: unknown field → `INVALID_FIELD` "No such column 'X' on entity 'Lead'. If you
+//! are attempting to use a custom field…" prefixed with the `ERROR at Row:1:Column:N` locator;
+//! relationship paths other than Account parents (`Owner.Name`) → `INVALID_FIELD`; a literal
+//! of the wrong type (`SystemModstamp > '2024-…'`) → `INVALID_FIELD` "value of filter
+//! criterion for field 'SystemModstamp' must be of type dateTime and should not be enclosed in
+//! quotes"; a bad id literal → `INVALID_QUERY_FILTER_OPERATOR`; unknown object →
+//! `INVALID_TYPE`; anything unparsable → `MALFORMED_QUERY`. Not supported *(choice)*: child
+//! relationship subqueries, relationship fields outside the SELECT list, `FIELDS()`, aggregate
 //! functions other than `COUNT()`, GROUP BY, date literals such as `LAST_N_DAYS:n` (→
 //! `MALFORMED_QUERY` naming the simulator).
 //! * Results: `{"totalSize","done","nextRecordsUrl"?,"records":[{"attributes":{"type","url"},
@@ -268,6 +303,7 @@
 //! record created in the UI → `{"id":…}`), `POST /_sim/outbound/flush`, `GET /_sim/outbound`
 //! (pending notifications).
 
+mod account;
 mod bulk;
 mod fields;
 mod http;
@@ -411,11 +447,12 @@ impl Shared {
 
     pub(crate) fn record_view(&self, id: &str) -> Option<Map<String, Value>> {
         let st = self.store();
+        let version = format!("v{}", self.opts.latest_api_version);
+        if let Some(i) = st.accounts.index_of(id) {
+            return Some(st.accounts.view(i, &version));
+        }
         let (obj, i) = st.locate(id)?;
-        Some(
-            st.table(obj)
-                .view(i, &format!("v{}", self.opts.latest_api_version)),
-        )
+        Some(st.table(obj).view(i, &version))
     }
 
     pub(crate) fn history(&self, id: &str) -> Vec<store::WriteRecord> {
@@ -768,6 +805,16 @@ impl SalesforceSim {
     /// Contact ids.
     pub fn contact_ids(&self) -> Vec<String> {
         self.ids(Obj::Contact)
+    }
+    /// Account ids in id order ([`Self::record`] and [`Self::field`] read Accounts too).
+    pub fn account_ids(&self) -> Vec<String> {
+        self.sh
+            .store()
+            .accounts
+            .recs
+            .iter()
+            .map(|r| r.id.clone())
+            .collect()
     }
     /// Ids of converted Leads.
     pub fn converted_lead_ids(&self) -> Vec<String> {

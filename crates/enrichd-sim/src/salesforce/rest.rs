@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::http::{Reply, Req, body_json, not_found, sf_error, sf_error_fields};
 use super::oauth::Who;
 use super::schema::Obj;
-use super::soql;
+use super::soql::{self, Sel};
 use super::stats::OwnerChange;
 use super::store::{RecordError, Resolve, Val, WriteCtx};
 use super::time::{make_id, to_id18};
@@ -23,7 +23,7 @@ pub(crate) const MAX_COLLECTION: usize = 200;
 pub(crate) struct Cursor {
     obj: Obj,
     rows: Arc<Vec<u32>>,
-    fields: Arc<Vec<usize>>,
+    fields: Arc<Vec<Sel>>,
     batch: usize,
     last_used: i64,
 }
@@ -193,7 +193,7 @@ fn render_page(
     sh: &Shared,
     obj: Obj,
     rows: &[u32],
-    fields: &[usize],
+    fields: &[Sel],
     v: &str,
     total: usize,
     next: Option<String>,
@@ -213,9 +213,17 @@ fn render_page(
     out.push_str(",\"records\":[");
     let names: Vec<String> = fields
         .iter()
-        .map(|fi| {
+        .map(|sel| {
+            // A parent renders under its relationship name (`Account`).
+            let name = match sel {
+                Sel::Field(fi) => t.schema.def(*fi).name,
+                Sel::Parent { via, .. } => {
+                    let d = t.schema.def(*via);
+                    d.relationship_name.unwrap_or(d.name)
+                }
+            };
             let mut s = String::new();
-            super::store::push_json_str(&mut s, t.schema.def(*fi).name);
+            super::store::push_json_str(&mut s, name);
             s.push(':');
             s
         })
@@ -233,10 +241,16 @@ fn render_page(
         out.push('/');
         out.push_str(&t.recs[i as usize].id);
         out.push_str("\"}");
-        for (fi, n) in fields.iter().zip(&names) {
+        for (sel, n) in fields.iter().zip(&names) {
             out.push(',');
             out.push_str(n);
-            t.push_value(&mut out, i, *fi);
+            match sel {
+                Sel::Field(fi) => t.push_value(&mut out, i, *fi),
+                Sel::Parent { via, fields } => {
+                    let parent = t.recs[i as usize].vals[*via].text();
+                    st.accounts.push_parent(&mut out, parent, fields, v);
+                }
+            }
         }
         out.push('}');
     }
@@ -250,7 +264,7 @@ pub(crate) fn query(sh: &Shared, req: &Req, v: &str, all: bool, _who: &Who) -> R
     };
     let parsed = {
         let st = sh.store();
-        soql::parse(q, |o| &st.table(o).schema).map(|pq| {
+        soql::parse(q, |o| &st.table(o).schema, &st.accounts).map(|pq| {
             let rows = soql::execute(&pq, st.table(pq.obj), all);
             (pq, rows)
         })
@@ -277,10 +291,13 @@ pub(crate) fn query(sh: &Shared, req: &Req, v: &str, all: bool, _who: &Who) -> R
         let long = pq
             .fields
             .iter()
-            .filter(|fi| {
-                let d = t.schema.def(**fi);
-                d.ty == "textarea" && d.length > 255
+            .flat_map(|sel| match sel {
+                Sel::Field(fi) => vec![t.schema.def(*fi)],
+                Sel::Parent { fields, .. } => {
+                    fields.iter().map(|fi| st.accounts.def(*fi)).collect()
+                }
             })
+            .filter(|d| d.ty == "textarea" && d.length > 255)
             .count();
         if long >= 2 {
             batch = batch.min(200);

@@ -1,4 +1,6 @@
-//! Seed data: the users, Leads and Contacts a simulated org starts with.
+//! Seed data: the users, Accounts, Leads and Contacts a simulated org starts with.
+
+use std::collections::HashMap;
 
 use crate::hash::H;
 use crate::population::{Population, human_phone};
@@ -10,7 +12,7 @@ pub struct SeedUser {
     pub name: String,
 }
 
-/// A Lead or Contact to seed (ids are assigned in order).
+/// A Lead, Contact or Account to seed (ids are assigned in order).
 #[derive(Clone, Debug, Default)]
 pub struct SeedRecord {
     /// (API name, value as text: strings as they are, booleans `true`/`false`, datetimes
@@ -26,12 +28,17 @@ pub struct SeedRecord {
     pub converted: bool,
     /// In the recycle bin (`IsDeleted = true`): only `queryAll` sees it.
     pub deleted: bool,
+    /// Contact only: index into [`SalesforceData::accounts`], the Contact's `AccountId`
+    /// (None: no Account).
+    pub account: Option<usize>,
 }
 
 /// What the org holds at start.
 #[derive(Clone, Debug, Default)]
 pub struct SalesforceData {
     pub users: Vec<SeedUser>,
+    /// Accounts (`001…`, ids in order); only `fields`, the times and `owner` are read.
+    pub accounts: Vec<SeedRecord>,
     pub leads: Vec<SeedRecord>,
     pub contacts: Vec<SeedRecord>,
 }
@@ -93,7 +100,10 @@ impl SalesforceData {
     /// Four sales reps; one Lead per person `0..leads`, one Contact per person after that:
     /// FirstName, LastName, Title, Company (Lead) / MailingCountry (Contact), Country (Lead),
     /// LeadSource, Status (Lead), Email for `email_share`, Phone for `phone_share`, owned
-    /// round-robin by the reps. CreatedDate and LastModifiedDate are spread over the 90 days
+    /// round-robin by the reps. One Account per company of the Contacts' people (in order of
+    /// first appearance; Name = the company name, Website = `https://www.<domain>`,
+    /// BillingCountry = the person's country, NumberOfEmployees), and every Contact's
+    /// `AccountId` names its company's Account. CreatedDate and LastModifiedDate are spread over the 90 days
     /// before `base_ms`, at second precision; about 10% of records have a SystemModstamp later
     /// than LastModifiedDate (a system process touched them). The population must hold
     /// `leads + contacts` people (missing people are skipped).
@@ -173,9 +183,12 @@ impl SalesforceData {
                 owner: i % users.len(),
                 converted,
                 deleted: i + spec.deleted_leads >= spec.leads,
+                account: None,
             });
         }
         let mut contacts = Vec::with_capacity(spec.contacts);
+        let mut accounts: Vec<SeedRecord> = Vec::new();
+        let mut account_of: HashMap<String, usize> = HashMap::new();
         for k in 0..spec.contacts {
             let i = spec.leads + k;
             if i >= pop.len() {
@@ -184,6 +197,31 @@ impl SalesforceData {
             let p = pop.person(i);
             let h = root.s("contact").n(i as u64);
             let (created, modified, modstamp) = times(h);
+            let key = p.domain.to_ascii_lowercase();
+            let account = match account_of.get(&key) {
+                Some(&a) => a,
+                None => {
+                    let a = accounts.len();
+                    let ha = root.s("account").n(a as u64);
+                    let (ac, am, ams) = times(ha);
+                    accounts.push(SeedRecord {
+                        fields: vec![
+                            ("Name".into(), p.company_name.clone()),
+                            ("Website".into(), format!("https://www.{}", p.domain)),
+                            ("BillingCountry".into(), p.country.clone()),
+                            ("NumberOfEmployees".into(), p.employees.to_string()),
+                            ("Type".into(), "Prospect".into()),
+                        ],
+                        created_ms: ac,
+                        last_modified_ms: am,
+                        modstamp_ms: ams,
+                        owner: a % users.len(),
+                        ..SeedRecord::default()
+                    });
+                    account_of.insert(key, a);
+                    a
+                }
+            };
             let mut f: Vec<(String, String)> = vec![
                 ("FirstName".into(), p.first_name.clone()),
                 ("LastName".into(), p.last_name.clone()),
@@ -208,10 +246,12 @@ impl SalesforceData {
                 owner: k % users.len(),
                 converted: false,
                 deleted: false,
+                account: Some(account),
             });
         }
         SalesforceData {
             users,
+            accounts,
             leads,
             contacts,
         }

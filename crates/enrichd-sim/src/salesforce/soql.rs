@@ -2,7 +2,7 @@
 //! the (SystemModstamp, Id) index and evaluated.
 //!
 //! ```text
-//! SELECT field, … | COUNT()  FROM Lead|Contact
+//! SELECT field | Parent.field, … | COUNT()  FROM Lead|Contact
 //!   [WHERE cond]  [ORDER BY field [ASC|DESC] [NULLS FIRST|LAST], …]  [LIMIT n]  [OFFSET n]
 //! cond := cond AND cond | cond OR cond | NOT cond | ( cond )
 //!       | field (= | != | <> | < | <= | > | >=) literal
@@ -10,10 +10,14 @@
 //! literal := 'string' | 2024-05-01T12:34:56Z | 2024-05-01T12:34:56.000+0000 | 2024-05-01
 //!          | 42 | 4.2 | true | false | null
 //! ```
-//! Mixing AND and OR without parentheses is refused, as SOQL does.
+//! Mixing AND and OR without parentheses is refused, as SOQL does. `Parent.field` is a parent
+//! relationship field (`Account.Name` on Contact, `ConvertedAccount.Name` on Lead): the
+//! relationship is a reference field's `relationshipName` whose `referenceTo` is Account, the
+//! field any field of the Account table; allowed in the SELECT list only.
 
 use std::cmp::Ordering;
 
+use super::account::{ACCOUNT, Accounts};
 use super::schema::{Kind, Obj, Schema};
 use super::store::{Table, Val};
 use super::time::{parse_date, parse_datetime, to_id18};
@@ -229,13 +233,23 @@ pub(crate) enum Expr {
     },
 }
 
+/// One item of the SELECT list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Sel {
+    /// A field of the queried object.
+    Field(usize),
+    /// Fields of the Account named by reference field `via` (rendered once, as the nested
+    /// object keyed by the relationship name, where its first field was selected).
+    Parent { via: usize, fields: Vec<usize> },
+}
+
 /// A compiled query.
 #[derive(Debug, Clone)]
 pub(crate) struct Query {
     pub obj: Obj,
     pub count_only: bool,
-    /// Selected field indices, in SELECT order.
-    pub fields: Vec<usize>,
+    /// The SELECT list, in SELECT order.
+    pub fields: Vec<Sel>,
     pub filter: Option<Expr>,
     /// (field, ascending, nulls first).
     pub order: Vec<(usize, bool, bool)>,
@@ -309,17 +323,74 @@ const DATE_LITERALS: &[&str] = &[
     "last_90_days",
 ];
 
-/// Resolve a field name (case-insensitive) or fail with Salesforce's `INVALID_FIELD`.
-fn field(p: &P, schema: &Schema, name: &str, col: usize) -> Result<usize, QueryError> {
-    if let Some((rel, _)) = name.split_once('.') {
-        return Err(err_at(
+fn bad_relationship(p: &P, col: usize, rel: &str) -> QueryError {
+    err_at(
+        p.q,
+        col,
+        "INVALID_FIELD",
+        format!(
+            "Didn't understand relationship '{rel}' in field path. If you are attempting to use a custom relationship, be sure to append the '__r' after the custom relationship name. Please reference your WSDL or the describe call for the appropriate names."
+        ),
+    )
+}
+
+/// The reference field of `schema` whose relationship `rel` (case-insensitive) leads to an
+/// Account, the one parent the simulator holds.
+fn account_relationship(schema: &Schema, rel: &str) -> Option<usize> {
+    schema.fields.iter().enumerate().find_map(|(i, f)| {
+        (schema.visible[i]
+            && f.reference_to == [ACCOUNT]
+            && f.relationship_name
+                .is_some_and(|r| r.eq_ignore_ascii_case(rel)))
+        .then_some(i)
+    })
+}
+
+/// Resolve a parent relationship field `Rel.Field` of the SELECT list: (reference field,
+/// Account field). An unknown relationship (or one to another object, or a deeper path) →
+/// `INVALID_FIELD` "Didn't understand relationship"; an unknown Account field → `INVALID_FIELD`
+/// "No such column … on entity 'Account'".
+fn parent_field(
+    p: &P,
+    schema: &Schema,
+    accounts: &Accounts,
+    rel: &str,
+    rest: &str,
+    col: usize,
+) -> Result<(usize, usize), QueryError> {
+    let via = account_relationship(schema, rel).ok_or_else(|| bad_relationship(p, col, rel))?;
+    if let Some((deeper, _)) = rest.split_once('.') {
+        return Err(bad_relationship(p, col, deeper));
+    }
+    let fi = accounts.idx(rest).ok_or_else(|| {
+        err_at(
             p.q,
             col,
             "INVALID_FIELD",
             format!(
-                "Didn't understand relationship '{rel}' in field path. If you are attempting to use a custom relationship, be sure to append the '__r' after the custom relationship name. Please reference your WSDL or the describe call for the appropriate names."
+                "No such column '{rest}' on entity '{ACCOUNT}'. If you are attempting to use a custom field, be sure to append the '__c' after the custom field name. Please reference your WSDL or the describe call for the appropriate names."
             ),
-        ));
+        )
+    })?;
+    Ok((via, fi))
+}
+
+/// Resolve a field name (case-insensitive) or fail with Salesforce's `INVALID_FIELD`. A
+/// relationship path is refused here (WHERE and ORDER BY): `MALFORMED_QUERY` naming the
+/// simulator for an Account relationship, `INVALID_FIELD` for any other.
+fn field(p: &P, schema: &Schema, name: &str, col: usize) -> Result<usize, QueryError> {
+    if let Some((rel, _)) = name.split_once('.') {
+        if account_relationship(schema, rel).is_some() {
+            return Err(err_at(
+                p.q,
+                col,
+                "MALFORMED_QUERY",
+                format!(
+                    "relationship field {name} is only supported in the SELECT list by the simulator"
+                ),
+            ));
+        }
+        return Err(bad_relationship(p, col, rel));
     }
     schema.idx(name).ok_or_else(|| {
         err_at(
@@ -334,10 +405,12 @@ fn field(p: &P, schema: &Schema, name: &str, col: usize) -> Result<usize, QueryE
     })
 }
 
-/// Parse and type-check `q`. `schema_for` maps an object name to its schema.
+/// Parse and type-check `q`. `schema_for` maps an object name to its schema; `accounts`
+/// resolves parent relationship fields.
 pub(crate) fn parse<'s>(
     q: &str,
     schema_for: impl Fn(Obj) -> &'s Schema,
+    accounts: &Accounts,
 ) -> Result<Query, QueryError> {
     let toks = lex(q)?;
     let mut p = P { q, toks, pos: 0 };
@@ -409,18 +482,40 @@ pub(crate) fn parse<'s>(
         _ => return Err(p.unexpected(&t)),
     };
     let schema = schema_for(obj);
-    let mut fields = Vec::with_capacity(names.len());
+    let mut fields: Vec<Sel> = Vec::with_capacity(names.len());
     for (n, col) in &names {
-        let fi = field(&p, schema, n, *col)?;
-        if fields.contains(&fi) {
-            return Err(err_at(
+        let dup = |what: String| {
+            err_at(
                 q,
                 *col,
                 "MALFORMED_QUERY",
-                format!("duplicate field selected: {}", schema.def(fi).name),
-            ));
+                format!("duplicate field selected: {what}"),
+            )
+        };
+        if let Some((rel, rest)) = n.split_once('.') {
+            let (via, fi) = parent_field(&p, schema, accounts, rel, rest, *col)?;
+            let group = fields.iter_mut().find_map(|s| match s {
+                Sel::Parent { via: v, fields } if *v == via => Some(fields),
+                _ => None,
+            });
+            match group {
+                Some(g) if g.contains(&fi) => {
+                    let rel = schema.def(via).relationship_name.unwrap_or(rel);
+                    return Err(dup(format!("{rel}.{}", accounts.def(fi).name)));
+                }
+                Some(g) => g.push(fi),
+                None => fields.push(Sel::Parent {
+                    via,
+                    fields: vec![fi],
+                }),
+            }
+            continue;
         }
-        fields.push(fi);
+        let fi = field(&p, schema, n, *col)?;
+        if fields.contains(&Sel::Field(fi)) {
+            return Err(dup(schema.def(fi).name.to_string()));
+        }
+        fields.push(Sel::Field(fi));
     }
     let mut filter = None;
     if p.is_kw("where") {
@@ -1003,6 +1098,7 @@ mod tests {
         let q = parse(
             "SELECT Id, Email, SystemModstamp FROM Lead WHERE IsConverted = false AND ((SystemModstamp > 2024-05-01T12:34:56.000+0000) OR (SystemModstamp = 2024-05-01T12:34:56Z AND Id > '00Q5e0000000001')) ORDER BY SystemModstamp ASC, Id ASC LIMIT 2000",
             |_| &s,
+            &Accounts::new(),
         );
         let q = match q {
             Ok(q) => q,
@@ -1021,31 +1117,67 @@ mod tests {
     #[test]
     fn errors() {
         let s = schema();
-        let e = parse("SELECT Id, Foo__c FROM Lead", |_| &s).err();
+        let a = Accounts::new();
+        let e = parse("SELECT Id, Foo__c FROM Lead", |_| &s, &a).err();
         assert_eq!(e.as_ref().map(|e| e.code), Some("INVALID_FIELD"));
         assert!(
             e.map(|e| e.message)
                 .unwrap_or_default()
                 .contains("No such column 'Foo__c' on entity 'Lead'")
         );
-        let e = parse("SELECT Id FRM Lead", |_| &s).err();
+        let e = parse("SELECT Id FRM Lead", |_| &s, &a).err();
         assert_eq!(e.map(|e| e.code), Some("MALFORMED_QUERY"));
         let e = parse(
             "SELECT Id FROM Lead WHERE SystemModstamp > '2024-01-01'",
             |_| &s,
+            &a,
         )
         .err();
         assert_eq!(e.map(|e| e.code), Some("INVALID_FIELD"));
-        let e = parse("SELECT Id FROM Lead WHERE A = 1 AND B = 2 OR C = 3", |_| &s).err();
+        let e = parse(
+            "SELECT Id FROM Lead WHERE A = 1 AND B = 2 OR C = 3",
+            |_| &s,
+            &a,
+        )
+        .err();
         assert!(e.is_some());
         let e = parse(
             "SELECT Id FROM Lead WHERE SystemModstamp > 2024-05-01T12:34:56.000 0000",
             |_| &s,
+            &a,
         )
         .err();
         assert_eq!(e.map(|e| e.code), Some("MALFORMED_QUERY"));
-        let e = parse("SELECT Id FROM Account", |_| &s).err();
+        let e = parse("SELECT Id FROM Account", |_| &s, &a).err();
         assert_eq!(e.map(|e| e.code), Some("INVALID_TYPE"));
+    }
+
+    #[test]
+    fn parent_fields_group_by_relationship() {
+        let c = Schema::build(Obj::Contact, &[]);
+        let a = Accounts::new();
+        let q = parse(
+            "SELECT Id, Account.Name, Email, account.WEBSITE FROM Contact",
+            |_| &c,
+            &a,
+        );
+        let q = match q {
+            Ok(q) => q,
+            Err(e) => panic!("{e:?}"),
+        };
+        let via = c.idx("AccountId");
+        let (name, web) = (a.idx("Name"), a.idx("Website"));
+        assert_eq!(q.fields.len(), 3, "{:?}", q.fields);
+        match (&q.fields[1], via, name, web) {
+            (Sel::Parent { via: v, fields }, Some(via), Some(n), Some(w)) => {
+                assert_eq!(*v, via);
+                assert_eq!(fields, &vec![n, w]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let l = Schema::build(Obj::Lead, &[]);
+        let e = parse("SELECT Account.Name FROM Lead", |_| &l, &a).err();
+        assert_eq!(e.map(|e| e.code), Some("INVALID_FIELD"));
     }
 
     #[test]

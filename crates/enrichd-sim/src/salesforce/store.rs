@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::account::{ACCOUNT, Accounts};
 use super::schema::{FieldSpec, Kind, Obj, Schema};
 use super::seed::{SalesforceData, SeedRecord};
 use super::time::{make_id, parse_date, parse_datetime, push_sf_datetime, sf_date, to_second};
@@ -73,6 +74,26 @@ fn num_json(n: f64) -> Value {
         serde_json::Number::from_f64(n)
             .map(Value::Number)
             .unwrap_or(Value::Null)
+    }
+}
+
+/// Append a stored value as JSON (datetimes in Salesforce's rendering).
+pub(crate) fn push_val(out: &mut String, v: &Val) {
+    match v {
+        Val::Null => out.push_str("null"),
+        Val::Text(s) => push_json_str(out, s),
+        Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Val::Num(n) => out.push_str(&num_json(*n).to_string()),
+        Val::Dt(ms) => {
+            out.push('"');
+            push_sf_datetime(out, *ms);
+            out.push('"');
+        }
+        Val::Date(d) => {
+            out.push('"');
+            out.push_str(&sf_date(*d));
+            out.push('"');
+        }
     }
 }
 
@@ -198,6 +219,8 @@ pub(crate) enum Resolve {
 pub(crate) struct Store {
     pub leads: Table,
     pub contacts: Table,
+    /// The parents of Contacts (`AccountId`).
+    pub accounts: Accounts,
     /// `users[0]` is the integration user; the rest are sales reps.
     pub users: Vec<SfUser>,
     pub history: HashMap<String, Vec<WriteRecord>>,
@@ -392,20 +415,7 @@ impl Table {
         let def = self.schema.def(fi);
         match &self.recs[i as usize].vals[fi] {
             Val::Null if def.kind() == Kind::Address => self.push_address(out, i, def),
-            Val::Null => out.push_str("null"),
-            Val::Text(s) => push_json_str(out, s),
-            Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Val::Num(n) => out.push_str(&num_json(*n).to_string()),
-            Val::Dt(ms) => {
-                out.push('"');
-                push_sf_datetime(out, *ms);
-                out.push('"');
-            }
-            Val::Date(d) => {
-                out.push('"');
-                out.push_str(&sf_date(*d));
-                out.push('"');
-            }
+            v => push_val(out, v),
         }
     }
 
@@ -597,6 +607,7 @@ impl Store {
         let mut st = Store {
             leads: Table::new(Obj::Lead, omit),
             contacts: Table::new(Obj::Contact, omit),
+            accounts: Accounts::new(),
             users,
             history: HashMap::new(),
             rr: 0,
@@ -609,21 +620,37 @@ impl Store {
                 t.dup = Some((fi, HashMap::new()));
             }
         }
+        let mut account_ids = Vec::with_capacity(data.accounts.len());
+        for a in &data.accounts {
+            let owner = st.seed_owner(a.owner);
+            let creator = st.seed_owner(usize::MAX);
+            let times = (a.created_ms, a.last_modified_ms, a.modstamp_ms);
+            account_ids.push(st.accounts.push(&a.fields, times, &owner, &creator));
+        }
         for (obj, recs) in [(Obj::Lead, data.leads), (Obj::Contact, data.contacts)] {
             for r in recs {
-                st.seed(obj, r);
+                let account = r
+                    .account
+                    .filter(|_| obj == Obj::Contact)
+                    .and_then(|k| account_ids.get(k).cloned());
+                st.seed(obj, r, account);
             }
         }
         st
     }
 
-    fn seed(&mut self, obj: Obj, r: SeedRecord) {
-        let owner = self
-            .users
-            .get(r.owner + 1)
+    /// The id of sales rep `rep` (user `rep + 1`); the integration user when there is no such
+    /// rep.
+    fn seed_owner(&self, rep: usize) -> String {
+        self.users
+            .get(rep.saturating_add(1))
             .or_else(|| self.users.first())
             .map(|u| u.id.clone())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    fn seed(&mut self, obj: Obj, r: SeedRecord, account: Option<String>) {
+        let owner = self.seed_owner(r.owner);
         let creator = self.users.first().map(|u| u.id.clone()).unwrap_or_default();
         let t = self.table_mut(obj);
         let s = t.schema.sys;
@@ -647,6 +674,9 @@ impl Store {
         vals[s.created_by] = Val::Text(creator.clone().into());
         vals[s.last_modified_by] = Val::Text(creator.into());
         vals[s.is_deleted] = Val::Bool(r.deleted);
+        if let (Some(a), Some(fi)) = (account, t.schema.idx("AccountId")) {
+            vals[fi] = Val::Text(a.into());
+        }
         if let (Some(c), Some(cd)) = (s.is_converted, s.converted_date) {
             vals[c] = Val::Bool(r.converted);
             if r.converted {
@@ -729,18 +759,28 @@ impl Store {
         Resolve::Ok(i)
     }
 
-    /// Check references in converted values (OwnerId must be a user).
+    /// Check references in converted values (OwnerId must be a user, a reference to Account
+    /// such as `Contact.AccountId` an Account of the org).
     pub(crate) fn check_refs(&self, obj: Obj, vals: &[(usize, Val)]) -> Result<(), RecordError> {
-        let owner = self.table(obj).schema.sys.owner;
+        let schema = &self.table(obj).schema;
+        let owner = schema.sys.owner;
         for (fi, v) in vals {
-            if *fi == owner
-                && let Val::Text(s) = v
-                && self.user_index(s).is_none()
-            {
+            let Val::Text(s) = v else {
+                continue;
+            };
+            let def = schema.def(*fi);
+            let bad = if *fi == owner {
+                self.user_index(s).is_none()
+            } else if def.reference_to == [ACCOUNT] {
+                self.accounts.index_of(s).is_none()
+            } else {
+                false
+            };
+            if bad {
                 return Err(RecordError::new(
                     "INVALID_CROSS_REFERENCE_KEY",
                     "invalid cross reference id",
-                    vec!["OwnerId".into()],
+                    vec![def.name.to_string()],
                 ));
             }
         }
