@@ -90,11 +90,24 @@ pub fn stored_modstamp(lead: &Lead) -> Option<UnixMillis> {
 }
 
 /// Whether a record read again is the very version already stored: same
-/// `SystemModstamp`, so nothing changed since (the lookback re-reads the
-/// last minutes of the previous pass by design, §2.3). The caller skips
-/// it, so a record is handled once per change, not once per read.
+/// `SystemModstamp` *and* the same values (the lookback re-reads the last
+/// minutes of the previous pass by design, §2.3). The caller skips it, so a
+/// record is handled once per change, not once per read. The values are
+/// compared too because `SystemModstamp` has whole seconds: a person's
+/// edit in the same second as enrichd's own write keeps the stamp, and
+/// must not be taken for the version already handled.
 pub fn is_repeat(record: &SfRecord, stored: Option<&Lead>) -> bool {
-    stored.and_then(stored_modstamp) == Some(record.modstamp)
+    let Some(stored) = stored else {
+        return false;
+    };
+    stored_modstamp(stored) == Some(record.modstamp)
+        && record
+            .fields
+            .iter()
+            .all(|(k, v)| match stored.fields.get(k) {
+                Some(s) => s == v,
+                None => v.is_null(),
+            })
 }
 
 /// A record set aside.
@@ -405,6 +418,30 @@ mod tests {
         assert!(!is_repeat(r, Some(&older)));
         let odd = Lead::new("00Qxx0000001abcEAA").with("SystemModstamp", 5);
         assert!(!is_repeat(r, Some(&odd)));
+    }
+
+    /// A person's edit in the same second as the version stored keeps the
+    /// SystemModstamp (whole seconds): it is not a repeat.
+    #[test]
+    fn an_edit_within_the_same_second_is_not_a_repeat() {
+        let read = |title: &str| {
+            let body = format!(
+                r#"{{"done":true,"records":[{{"attributes":{{"type":"Lead"}},"Id":"00Qxx0000001abcEAA","SystemModstamp":"2026-05-01T07:25:37.000+0000","IsConverted":false,"Title":"{title}","Phone":null}}]}}"#
+            );
+            parse_query_page(body.as_bytes(), SObject::Lead).unwrap()
+        };
+        let before = read("Engineer");
+        let stored = before.records[0].to_lead().unwrap();
+        assert!(
+            is_repeat(&before.records[0], Some(&stored)),
+            "the same version"
+        );
+        let after = read("VP Sales");
+        assert_eq!(after.records[0].modstamp, before.records[0].modstamp);
+        assert!(
+            !is_repeat(&after.records[0], Some(&stored)),
+            "an edit in the same second"
+        );
     }
 
     #[test]
