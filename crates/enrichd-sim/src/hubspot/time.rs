@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::util::civil_from_days;
+use crate::util::{civil_from_days, days_from_civil, digits};
 
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> i64 {
@@ -34,30 +34,12 @@ pub(crate) fn ymd(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// Days since 1970-01-01 of a civil date (inverse of `civil_from_days`).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn num(s: &str) -> Option<i64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
 /// Parse `YYYY-MM-DD` into epoch ms at midnight UTC.
 pub(crate) fn parse_ymd(s: &str) -> Option<i64> {
     let mut it = s.splitn(3, '-');
-    let y = num(it.next()?)?;
-    let m = u32::try_from(num(it.next()?)?).ok()?;
-    let d = u32::try_from(num(it.next()?)?).ok()?;
+    let y = digits(it.next()?)?;
+    let m = u32::try_from(digits(it.next()?)?).ok()?;
+    let d = u32::try_from(digits(it.next()?)?).ok()?;
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1000..=9999).contains(&y) {
         return None;
     }
@@ -73,7 +55,7 @@ pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
         return None;
     }
     if let Some(rest) = s.strip_prefix('-') {
-        return num(rest).map(|v| -v);
+        return digits(rest).map(|v| -v);
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse().ok();
@@ -96,8 +78,8 @@ pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
         if z.len() != 4 {
             return None;
         }
-        let hh = num(&z[..2])?;
-        let mm = num(&z[2..])?;
+        let hh = digits(&z[..2])?;
+        let mm = digits(&z[2..])?;
         (c, sign * (hh * 3_600_000 + mm * 60_000))
     } else {
         (time, 0)
@@ -107,10 +89,10 @@ pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
         None => (clock, None),
     };
     let mut parts = hms.split(':');
-    let hh = num(parts.next()?)?;
-    let mm = num(parts.next()?)?;
+    let hh = digits(parts.next()?)?;
+    let mm = digits(parts.next()?)?;
     let ss = match parts.next() {
-        Some(p) => num(p)?,
+        Some(p) => digits(p)?,
         None => 0,
     };
     if parts.next().is_some() || hh > 23 || mm > 59 || ss > 60 {
@@ -121,11 +103,11 @@ pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
             if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            let mut digits: String = f.chars().take(3).collect();
-            while digits.len() < 3 {
-                digits.push('0');
+            let mut millis: String = f.chars().take(3).collect();
+            while millis.len() < 3 {
+                millis.push('0');
             }
-            num(&digits)?
+            digits(&millis)?
         }
         None => 0,
     };
