@@ -14,6 +14,28 @@ pub mod hubspot;
 pub mod salesforce;
 pub mod schema;
 
+/// What a sync pass does besides reading (every CRM connector).
+#[derive(Debug, Clone, Copy)]
+pub struct SyncOptions {
+    /// Read every record again (a backfill), not just the changes.
+    pub full: bool,
+    /// Enrich the pulled leads (needs an engine).
+    pub enrich: bool,
+    /// Write values back to the CRM.
+    pub write: bool,
+}
+
+impl Default for SyncOptions {
+    /// A daemon's pass: the changes, enriched and written back.
+    fn default() -> Self {
+        SyncOptions {
+            full: false,
+            enrich: true,
+            write: true,
+        }
+    }
+}
+
 /// A CRM change notification (HubSpot webhook event, Salesforce Outbound
 /// Message notification), recorded durably before it is acknowledged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

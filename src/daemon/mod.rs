@@ -328,7 +328,8 @@ struct Failed {
     until: Option<i64>,
 }
 
-const FULL: SyncOptions = SyncOptions {
+/// A daemon's pass: the changes, enriched and written back.
+const PASS: SyncOptions = SyncOptions {
     full: false,
     enrich: true,
     write: true,
@@ -375,7 +376,7 @@ impl Connector for HubSpot {
     }
     fn pass<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>> {
         Box::pin(async move {
-            match self.sync(Some(engine), FULL).await {
+            match self.sync(Some(engine), PASS).await {
                 Ok(r) => Ok(Pass {
                     pulled: r.pull.contacts,
                     enriched: r.enriched,
@@ -392,7 +393,7 @@ impl Connector for HubSpot {
     }
     fn events<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>> {
         Box::pin(async move {
-            match self.process_events(Some(engine), FULL).await {
+            match self.process_events(Some(engine), PASS).await {
                 Ok(r) => Ok(Pass {
                     events: r.events,
                     ignored: r.ignored,
@@ -426,12 +427,7 @@ impl Connector for SalesforceSync {
     }
     fn pass<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>> {
         Box::pin(async move {
-            let opts = crate::crm::salesforce::sync::SyncOptions {
-                full: false,
-                enrich: true,
-                write: true,
-            };
-            match self.sync(Some(engine), opts).await {
+            match self.sync(Some(engine), PASS).await {
                 Ok(r) => Ok(Pass {
                     pulled: r.objects.iter().map(|o| o.pull.leads).sum(),
                     enriched: r.enriched,
@@ -448,12 +444,7 @@ impl Connector for SalesforceSync {
     }
     fn events<'a>(&'a self, engine: &'a Arc<Engine>) -> BoxFuture<'a, Result<Pass, Failed>> {
         Box::pin(async move {
-            let opts = crate::crm::salesforce::sync::SyncOptions {
-                full: false,
-                enrich: true,
-                write: true,
-            };
-            match self.process_events(Some(engine), opts).await {
+            match self.process_events(Some(engine), PASS).await {
                 Ok(r) => Ok(Pass {
                     events: r.events,
                     ignored: r.ignored,

@@ -40,16 +40,7 @@ pub struct Planned {
     pub lead: Lead,
 }
 
-/// What a sync does besides reading.
-#[derive(Debug, Clone, Copy)]
-pub struct SyncOptions {
-    /// Read every contact again (list + search), not just the changes.
-    pub full: bool,
-    /// Enrich the pulled leads (needs an engine).
-    pub enrich: bool,
-    /// Write values back to HubSpot.
-    pub write: bool,
-}
+pub use crate::crm::SyncOptions;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {

@@ -66,26 +66,8 @@ pub struct Planned {
     pub lead: Lead,
 }
 
-/// What a pass does besides reading.
-#[derive(Debug, Clone, Copy)]
-pub struct SyncOptions {
-    /// Read every record again (a backfill), not just the changes.
-    pub full: bool,
-    /// Enrich the pulled leads (needs an engine).
-    pub enrich: bool,
-    /// Write values back to Salesforce.
-    pub write: bool,
-}
-
-impl Default for SyncOptions {
-    fn default() -> Self {
-        SyncOptions {
-            full: false,
-            enrich: true,
-            write: true,
-        }
-    }
-}
+/// What a pass does besides reading: the same options as HubSpot's.
+pub use crate::crm::SyncOptions;
 
 /// One object's pass.
 #[derive(Debug, Clone, Default, Serialize)]
