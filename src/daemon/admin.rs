@@ -286,6 +286,23 @@ fn check_lead_id(ws: &Workspace, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Enrich-now and bulk jobs read and write HubSpot contacts (or stored
+/// leads); for a Salesforce workspace they are refused with what to use
+/// instead, rather than enriching records through the wrong field names.
+fn not_for_salesforce(ws: &Workspace, route: &str) -> Result<(), ApiError> {
+    if matches!(ws.crm, Some(crate::config::crm::CrmSettings::Salesforce(_))) {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            format!(
+                "{route}: workspace {} is connected to Salesforce, and jobs from the admin API serve HubSpot workspaces only for now; a change in Salesforce reaches enrichd by Outbound Message, and `enrichd sync --once --workspace {}` enriches every changed Lead",
+                ws.id, ws.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/workspaces/{ws}/leads/{id}/enrich[?wait_secs=N]`
 async fn enrich_lead(
     State(a): State<Arc<Admin>>,
@@ -295,6 +312,7 @@ async fn enrich_lead(
 ) -> ApiResult {
     let ws = a.authorize(&headers, &ws).await?;
     let route = format!("POST /v1/workspaces/{}/leads/{{id}}/enrich", ws.id);
+    not_for_salesforce(&ws, &route)?;
     check_lead_id(&ws, &id).map_err(|e| ApiError::bad_request(format!("{route}: {e}")))?;
     let wait =
         wait_secs(query.as_deref()).map_err(|e| ApiError::bad_request(format!("{route}: {e}")))?;
@@ -408,6 +426,7 @@ async fn bulk(
 ) -> ApiResult {
     let ws = a.authorize(&headers, &ws).await?;
     let route = format!("POST /v1/workspaces/{}/bulk", ws.id);
+    not_for_salesforce(&ws, &route)?;
     let example = r#"{"ids": ["51", "52"]}, {"audience": "<name>"} or {"filter": [{"property": "lifecyclestage", "operator": "EQ", "value": "lead"}]}"#;
     let raw: BulkBody = parse_body(&route, &body, example)?;
     let bad = |m: String| ApiError::bad_request(format!("{route}: {m}"));

@@ -583,6 +583,35 @@ async fn enrichd_run_syncs_salesforce_and_handles_outbound_messages() {
     assert_eq!(status, 401);
     assert_eq!(events(&h, "t").await.len(), recorded);
 
+    // Admin API jobs serve HubSpot workspaces only for now: refused with
+    // what to do instead, and no job is queued.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enrichd"))
+        .arg("--config")
+        .arg(&h.config_path)
+        .args(["apikey", "create", "--workspace", "t", "--format", "json"])
+        .envs(&h.secrets)
+        .output()
+        .expect("run enrichd apikey");
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout).expect("apikey JSON");
+    let key = key["key"].as_str().expect("key").to_string();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/workspaces/t/leads/{lead}/enrich"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("admin API");
+    assert_eq!(r.status().as_u16(), 501);
+    let text = r.text().await.unwrap_or_default();
+    assert!(text.contains("sync --once --workspace t"), "{text}");
+    let jobs = h
+        .store
+        .jobs(&WorkspaceId("t".into()), None, 10)
+        .await
+        .expect("jobs");
+    assert!(jobs.is_empty(), "{jobs:?}");
+
     let (status, metrics) = http_get(port, "/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     assert!(
