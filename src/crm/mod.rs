@@ -11,6 +11,7 @@ use crate::core::lead::{LeadId, WorkspaceId};
 use crate::core::value::UnixMillis;
 
 pub mod hubspot;
+pub mod pkce;
 pub mod salesforce;
 pub mod schema;
 

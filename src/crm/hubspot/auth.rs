@@ -12,10 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::clock::Clock;
@@ -31,34 +28,7 @@ use super::HubSpotError;
 
 pub const CRM: &str = "hubspot";
 
-/// A PKCE verifier and its S256 challenge, and the CSRF state.
-pub struct Pkce {
-    pub verifier: Secret,
-    pub challenge: String,
-    pub state: String,
-}
-
-impl Pkce {
-    pub fn new() -> Result<Pkce, HubSpotError> {
-        let verifier = URL_SAFE_NO_PAD.encode(random::<32>()?);
-        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        let state = URL_SAFE_NO_PAD.encode(random::<16>()?);
-        Ok(Pkce {
-            verifier: Secret::new(verifier),
-            challenge,
-            state,
-        })
-    }
-}
-
-fn random<const N: usize>() -> Result<[u8; N], HubSpotError> {
-    let mut b = [0u8; N];
-    getrandom::fill(&mut b).map_err(|e| HubSpotError::Auth {
-        message: format!("no OS randomness for the OAuth state: {e}"),
-        hint: "the machine's random source is unavailable; enrichd cannot connect safely".into(),
-    })?;
-    Ok(b)
-}
+pub use crate::crm::pkce::Pkce;
 
 /// The URL the user's browser opens to approve enrichd.
 pub fn authorize_url(
@@ -635,7 +605,10 @@ where
         message: "no master key to encrypt HubSpot tokens with".into(),
         hint: "create one with `enrichd keygen` and export it in the variable named by security.master_key_env (ENRICHD_MASTER_KEY)".into(),
     })?;
-    let pkce = Pkce::new()?;
+    let pkce = Pkce::new().map_err(|e| HubSpotError::Auth {
+        message: e.to_string(),
+        hint: crate::crm::pkce::NoRandomness::HINT.into(),
+    })?;
     let loopback = Loopback::bind(redirect_uri, pkce.state.clone()).await?;
     let url = authorize_url(
         settings,
@@ -688,18 +661,4 @@ where
         scopes: row.scopes,
         auth: "oauth",
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pkce_challenge_is_s256_of_the_verifier() {
-        let p = Pkce::new().unwrap();
-        assert!(p.verifier.expose().len() >= 43);
-        let expect = URL_SAFE_NO_PAD.encode(Sha256::digest(p.verifier.expose().as_bytes()));
-        assert_eq!(p.challenge, expect);
-        assert_ne!(Pkce::new().unwrap().state, p.state);
-    }
 }

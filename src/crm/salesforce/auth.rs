@@ -39,7 +39,7 @@ use crate::clock::Clock;
 use crate::config::crm::{SalesforceAuth, SalesforceSettings};
 use crate::core::lead::WorkspaceId;
 use crate::core::value::UnixMillis;
-use crate::crm::hubspot::auth::Pkce;
+use crate::crm::pkce::{NoRandomness, Pkce};
 use crate::crypto::TokenCipher;
 use crate::secret::Secret;
 use crate::store::Store;
@@ -821,8 +821,7 @@ where
         } => {
             let pkce = Pkce::new().map_err(|e| SalesforceError::Auth {
                 message: e.to_string(),
-                hint: "the machine's random source is unavailable; enrichd cannot connect safely"
-                    .into(),
+                hint: NoRandomness::HINT.into(),
             })?;
             let loopback = Loopback::bind(redirect_uri, pkce.state.clone()).await?;
             let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();

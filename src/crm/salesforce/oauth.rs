@@ -15,10 +15,8 @@
 //!   from the login host (§1.8); it must be HTTPS (or loopback HTTP) with
 //!   no path, and not a `*.lightning.force.com` UI host (Nango refuses
 //!   those, §9).
-//! - **PKCE**: the verifier, S256 challenge and state are
-//!   `crm::hubspot::auth::Pkce` (public; reused here rather than
-//!   duplicated — it belongs in a shared `crm` module once both connectors
-//!   use it). Salesforce takes `code_challenge` alone (S256 is its only
+//! - **PKCE**: the verifier, S256 challenge and state are `crm::pkce::Pkce`,
+//!   shared with HubSpot's connect flow. Salesforce takes `code_challenge` alone (S256 is its only
 //!   method, §1.2), so no `code_challenge_method` is sent.
 //! - **Token response** (§1.3): no `expires_in` (expiry is unknown: refresh
 //!   on `INVALID_SESSION_ID`); `issued_at` is epoch ms as a string;
@@ -33,7 +31,7 @@ use url::{Host, Url};
 
 use super::is_record_id;
 use crate::core::value::UnixMillis;
-use crate::crm::hubspot::auth::Pkce;
+use crate::crm::pkce::Pkce;
 use crate::secret::Secret;
 
 pub const AUTHORIZE_PATH: &str = "/services/oauth2/authorize";
