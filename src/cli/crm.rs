@@ -425,6 +425,49 @@ pub(super) fn open_browser(url: &str) {
     }
 }
 
+/// A dry run's page sink: each page the puller reads goes to the preview
+/// (for either CRM's puller; only the error type differs).
+struct PreviewSink<'a>(tokio::sync::Mutex<crate::preview::run::Previewer<'a>>);
+
+type PageFuture<'a, E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), E>> + Send + 'a>>;
+
+impl PreviewSink<'_> {
+    async fn add(&self, leads: Vec<crate::core::lead::Lead>) -> Result<(), String> {
+        let mut pv = self.0.lock().await;
+        pv.add(leads).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+impl crate::crm::hubspot::pull::PageSink for PreviewSink<'_> {
+    fn page(&self, leads: Vec<crate::core::lead::Lead>) -> PageFuture<'_, HubSpotError> {
+        Box::pin(async move {
+            self.add(leads)
+                .await
+                .map_err(|message| HubSpotError::Transport {
+                    endpoint: "preview".into(),
+                    message,
+                })
+        })
+    }
+}
+
+impl crate::crm::salesforce::pull::PageSink for PreviewSink<'_> {
+    fn page(
+        &self,
+        leads: Vec<crate::core::lead::Lead>,
+    ) -> PageFuture<'_, crate::crm::salesforce::SalesforceError> {
+        Box::pin(async move {
+            self.add(leads).await.map_err(|message| {
+                crate::crm::salesforce::SalesforceError::Transport {
+                    endpoint: "preview".into(),
+                    message,
+                }
+            })
+        })
+    }
+}
+
 /// The preview of one sync pass: the changed contacts are read (the
 /// watermark stays where it is) and, instead of being stored, enriched and
 /// written, go through the preview with the stored values.
@@ -435,31 +478,7 @@ async fn dry_run(
     store: &dyn crate::store::Store,
     opts: SyncOptions,
 ) -> Result<crate::preview::Preview, CliError> {
-    use crate::crm::hubspot::pull::PageSink;
     use crate::preview::run::{Options, Previewer};
-
-    struct Sink<'a>(tokio::sync::Mutex<Previewer<'a>>);
-    impl PageSink for Sink<'_> {
-        fn page(
-            &self,
-            leads: Vec<crate::core::lead::Lead>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<(), HubSpotError>> + Send + '_>,
-        > {
-            Box::pin(async move {
-                self.0
-                    .lock()
-                    .await
-                    .add(leads)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| HubSpotError::Transport {
-                        endpoint: "preview".into(),
-                        message: e.to_string(),
-                    })
-            })
-        }
-    }
 
     let popts = Options {
         estimate: opts.enrich,
@@ -469,7 +488,7 @@ async fn dry_run(
     let file = hub.settings.mapping_file.display().to_string();
     let mapping = opts.write.then_some((&**mapping, file.as_str()));
     let pv = Previewer::new(settings, ws, mapping, store, &popts, SystemClock.now()).await?;
-    let sink = Sink(tokio::sync::Mutex::new(pv));
+    let sink = PreviewSink(tokio::sync::Mutex::new(pv));
     let puller = hub.dry_run_puller();
     let state = puller.state().await.map_err(hub_err)?;
     if opts.full || !state.backfill_done {
@@ -662,32 +681,7 @@ async fn salesforce_dry_run(
     store: &dyn crate::store::Store,
     opts: crate::crm::salesforce::sync::SyncOptions,
 ) -> Result<crate::preview::Preview, CliError> {
-    use crate::crm::salesforce::SalesforceError;
-    use crate::crm::salesforce::pull::PageSink;
     use crate::preview::run::{Options, Previewer};
-
-    struct Sink<'a>(tokio::sync::Mutex<Previewer<'a>>);
-    impl PageSink for Sink<'_> {
-        fn page(
-            &self,
-            leads: Vec<crate::core::lead::Lead>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<(), SalesforceError>> + Send + '_>,
-        > {
-            Box::pin(async move {
-                self.0
-                    .lock()
-                    .await
-                    .add(leads)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| SalesforceError::Transport {
-                        endpoint: "preview".into(),
-                        message: e.to_string(),
-                    })
-            })
-        }
-    }
 
     let popts = Options {
         estimate: opts.enrich,
@@ -700,7 +694,7 @@ async fn salesforce_dry_run(
     let mapping = opts.write.then_some((&*obj.mapping, file.as_str()));
     let view = sf.view(object);
     let pv = Previewer::new(settings, &view, mapping, store, &popts, SystemClock.now()).await?;
-    let sink = Sink(tokio::sync::Mutex::new(pv));
+    let sink = PreviewSink(tokio::sync::Mutex::new(pv));
     let puller = sf.dry_run_puller(object);
     let pulled = puller
         .pull_uncommitted(&sink, opts.full)
