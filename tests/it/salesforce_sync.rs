@@ -225,6 +225,164 @@ async fn backfill_then_incremental_read_every_lead_exactly_once_with_5000_tied()
     eprintln!("incremental: {r:?}; whole test {:?}", started.elapsed());
 }
 
+/// Provider requests per population person (Apollo's call log).
+fn asked_per_person(h: &Harness) -> HashMap<usize, u32> {
+    let mut asked: HashMap<usize, u32> = HashMap::new();
+    for c in &h.sims["apollo"].stats().log {
+        for p in &c.persons {
+            *asked.entry(*p).or_default() += 1;
+        }
+    }
+    asked
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_thousand_leads_are_enriched_and_written_exactly_once_and_converted_never() {
+    // The whole pass, not only the pull: 50,000 Leads (5,000 sharing one
+    // SystemModstamp, the query restarted inside the tie group) pulled,
+    // enriched through the provider and written back; then an incremental
+    // pass over 300 edited Leads and a conversion.
+    let started = Instant::now();
+    let mut s = spec(50_000, SalesforceOptions::defaults());
+    s.seed.shared_modstamp = 5_000;
+    let h = harness(50_000, s).await;
+    h.connect_salesforce().await;
+    let mut sf = h.salesforce_sync();
+    sf.query_limit = Some(3_000);
+    let converted: HashSet<String> = h.sf().converted_lead_ids().into_iter().collect();
+    assert!(!converted.is_empty());
+    let live: Vec<String> = h
+        .sf()
+        .lead_ids()
+        .into_iter()
+        .filter(|i| !converted.contains(i))
+        .collect();
+    h.sf().reset_stats();
+
+    let all = SyncOptions {
+        full: false,
+        enrich: true,
+        write: true,
+    };
+    let r = sf.sync(Some(&h.engine), all).await.expect("backfill");
+    let pull = &r.objects[0].pull;
+    assert!(pull.backfill && pull.keyset_restarts >= 10, "{pull:?}");
+    assert_eq!(
+        pull.leads,
+        live.len() as u64,
+        "every live Lead handed on once"
+    );
+    // The query leaves converted Leads out (`IsConverted = false`).
+    assert_eq!(pull.converted, 0, "{pull:?}");
+    assert_eq!(pull.records, live.len() as u64, "nothing read twice");
+    assert_eq!(h.sf().stats().rows_returned, pull.records);
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    assert_eq!(r.limit_exceeded, 0);
+
+    // The provider was asked about each person at most once, and only
+    // about the people behind live Leads.
+    let asked = asked_per_person(&h);
+    assert!(asked.len() > live.len() / 2, "{} people asked", asked.len());
+    let twice: Vec<_> = asked.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "asked twice: {twice:?}");
+    assert!(asked.len() <= live.len());
+
+    // One charge per stored value, and each stored value is in Salesforce
+    // with its Source.
+    let ledger = h.store.ledger(&h.ws.id).await.expect("ledger");
+    let keys: HashSet<&str> = ledger.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys.len(), ledger.len(), "a charge twice");
+    let mut values = 0usize;
+    let mut with_email = 0usize;
+    for id in &live {
+        for v in h.store.values(&h.ws.id, &LeadId(id.clone())).await.unwrap() {
+            values += 1;
+            if v.channel == enrichd::core::channel::Channel::WorkEmail {
+                with_email += 1;
+                assert_eq!(
+                    h.sf().field(id, "Enrichment_Work_Email__c"),
+                    Some(serde_json::Value::String(v.value.clone())),
+                    "{id}"
+                );
+                assert_eq!(
+                    h.sf().field(id, "Work_Email_Source__c"),
+                    Some(serde_json::Value::String("apollo".into())),
+                    "{id}"
+                );
+            }
+        }
+    }
+    assert_eq!(values, ledger.len(), "one charge per stored value");
+    assert!(with_email > live.len() / 4, "{with_email} work emails");
+    assert_eq!(r.enriched, live.len() as u64, "{r:?}");
+
+    // Every live Lead written by enrichd exactly once (its status at
+    // least), no converted Lead ever, and no owner changed.
+    let st = h.sf().stats();
+    assert!(st.owner_changes.is_empty(), "{:?}", st.owner_changes);
+    for id in &live {
+        assert_eq!(enrichd_writes(&h, id), 1, "{id}");
+    }
+    for c in &converted {
+        assert_eq!(enrichd_writes(&h, c), 0, "converted {c} written");
+    }
+    assert_eq!(r.write.summary.records_written, live.len() as u64);
+    assert!(r.write.bulk_jobs >= 1, "{:?}", r.write);
+    eprintln!(
+        "enriched backfill of {} Leads: {} API calls, {} values, {:?}",
+        live.len(),
+        r.api_calls,
+        values,
+        started.elapsed()
+    );
+
+    // The next pass reads enrichd's own writes again (their SystemModstamp
+    // moved after the backfill's upper bound): nothing is asked, written
+    // or charged for them.
+    let requests = h.sims["apollo"].stats().requests;
+    let r = sf.sync(Some(&h.engine), all).await.expect("echo pass");
+    let pull = &r.objects[0].pull;
+    assert!(!pull.backfill);
+    assert_eq!(pull.leads, live.len() as u64, "{pull:?}");
+    assert_eq!(h.sims["apollo"].stats().requests, requests, "asked again");
+    assert_eq!(r.write.summary.records_written, 0, "{r:?}");
+
+    // 300 edits and one conversion: exactly those Leads come back; nothing
+    // is asked again and nothing is written again (their values and status
+    // are unchanged), and the newly converted Lead is not handed on.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let edited: Vec<String> = live
+        .iter()
+        .skip(10)
+        .step_by(150)
+        .take(300)
+        .cloned()
+        .collect();
+    for id in &edited {
+        h.sf()
+            .human_edit(id, &[("Title", "Head of Growth")], None)
+            .unwrap();
+    }
+    h.sf().convert_lead(&live[5]).unwrap();
+    let requests = h.sims["apollo"].stats().requests;
+    let r = sf.sync(Some(&h.engine), all).await.expect("incremental");
+    let pull = &r.objects[0].pull;
+    assert!(!pull.backfill);
+    assert_eq!(pull.leads, edited.len() as u64, "{pull:?}");
+    assert_eq!(h.sims["apollo"].stats().requests, requests, "asked again");
+    assert_eq!(r.write.summary.records_written, 0, "{r:?}");
+    for id in edited.iter().take(20) {
+        assert_eq!(enrichd_writes(&h, id), 1, "{id} written again");
+    }
+    assert_eq!(enrichd_writes(&h, &live[5]), 1);
+    assert_eq!(
+        h.store.ledger(&h.ws.id).await.unwrap().len(),
+        ledger.len(),
+        "charged again"
+    );
+    eprintln!("incremental: {pull:?}; whole test {:?}", started.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pass_stopped_before_its_commit_reads_the_same_leads_again() {
     let h = harness(300, spec(300, SalesforceOptions::defaults())).await;
