@@ -18,6 +18,7 @@ mod metrics;
 mod misc;
 mod preview;
 mod salesforce;
+mod salesforce_edges;
 mod salesforce_outbound;
 mod salesforce_sync;
 mod status;

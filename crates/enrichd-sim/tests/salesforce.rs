@@ -1564,6 +1564,218 @@ async fn bulk_ingest_end_to_end_with_failed_results() {
     s.shutdown().await;
 }
 
+/// Creates an update job on Lead, uploads `csv` and closes it; returns the job id.
+async fn start_job(s: &SalesforceSim, tok: &str, csv: String) -> String {
+    let r = post_json(
+        s,
+        tok,
+        &format!("/services/data/{V}/jobs/ingest"),
+        &json!({"object": "Lead", "operation": "update", "contentType": "CSV", "lineEnding": "LF"}),
+        &[("Sforce-Call-Options", "client=enrichd")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let r = send(
+        client()
+            .put(format!(
+                "{}/services/data/{V}/jobs/ingest/{id}/batches",
+                s.instance_url()
+            ))
+            .bearer_auth(tok)
+            .header("content-type", "text/csv")
+            .body(csv),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = patch_json(
+        s,
+        tok,
+        &format!("/services/data/{V}/jobs/ingest/{id}"),
+        &json!({"state": "UploadComplete"}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    id
+}
+
+async fn job_state(s: &SalesforceSim, tok: &str, id: &str) -> String {
+    let r = get(s, tok, &format!("/services/data/{V}/jobs/ingest/{id}")).await;
+    r.json()["state"].as_str().unwrap().to_string()
+}
+
+fn bulk_writes(s: &SalesforceSim, id: &str) -> usize {
+    s.history(id).iter().filter(|w| w.via == "bulk").count()
+}
+
+#[tokio::test]
+async fn a_bulk_job_runs_for_bulk_job_duration_on_the_sim_clock_and_an_abort_writes_nothing() {
+    let mut opts = SalesforceOptions::defaults();
+    opts.bulk_job_duration = Duration::from_secs(3600);
+    let s = sim_with(SeedSpec::new(60, 0), opts).await;
+    let tok = access(&s).await;
+    let live = unconverted_live_leads(&s);
+    let csv = |title: &str| {
+        let mut c = String::from("Id,Title\n");
+        for id in &live[..3] {
+            c.push_str(&format!("{id},{title}\n"));
+        }
+        c
+    };
+    // A job that would take an hour of sim time: InProgress, nothing written.
+    let id = start_job(&s, &tok, csv("Aborted Title")).await;
+    let start = Instant::now();
+    while job_state(&s, &tok, &id).await != "InProgress" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never InProgress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(job_state(&s, &tok, &id).await, "InProgress");
+    let r = patch_json(
+        &s,
+        &tok,
+        &format!("/services/data/{V}/jobs/ingest/{id}"),
+        &json!({"state": "Aborted"}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["state"], "Aborted");
+    // Even once the hour has passed, an aborted job writes nothing.
+    s.advance(Duration::from_secs(2 * 3600));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // (The session timed out with the two hours.)
+    let tok = access(&s).await;
+    let j = get(&s, &tok, &format!("/services/data/{V}/jobs/ingest/{id}"))
+        .await
+        .json();
+    assert_eq!(j["state"], "Aborted", "{j}");
+    assert_eq!(j["numberRecordsProcessed"], 0);
+    let r = get(
+        &s,
+        &tok,
+        &format!("/services/data/{V}/jobs/ingest/{id}/unprocessedrecords/"),
+    )
+    .await;
+    assert_eq!(r.text.lines().count(), 4, "{}", r.text);
+    assert!(r.text.contains(&live[0]));
+    for lid in &live[..3] {
+        assert_ne!(s.field(lid, "Title"), Some(json!("Aborted Title")));
+        assert_eq!(bulk_writes(&s, lid), 0);
+    }
+    let views = s.bulk_jobs();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].state, "Aborted");
+    assert_eq!(
+        (views[0].rows, views[0].successful, views[0].unprocessed),
+        (3, 0, 3)
+    );
+
+    // The next job completes once the sim clock has moved an hour.
+    let id = start_job(&s, &tok, csv("Done Title")).await;
+    let start = Instant::now();
+    while job_state(&s, &tok, &id).await != "InProgress" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never InProgress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(job_state(&s, &tok, &id).await, "InProgress");
+    assert_eq!(bulk_writes(&s, &live[0]), 0);
+    s.advance(Duration::from_secs(3601));
+    let j = wait_job(&s, &tok, &id).await;
+    assert_eq!(j["state"], "JobComplete", "{j}");
+    assert_eq!(j["numberRecordsProcessed"], 3);
+    for lid in &live[..3] {
+        assert_eq!(s.field(lid, "Title"), Some(json!("Done Title")));
+        assert_eq!(bulk_writes(&s, lid), 1);
+    }
+    assert_eq!(s.bulk_jobs()[1].state, "JobComplete");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn fail_bulk_jobs_fails_a_job_part_way_and_the_daily_bulk_batches_run_out() {
+    let mut opts = SalesforceOptions::defaults();
+    opts.daily_bulk_batches = 1;
+    let s = sim_with(SeedSpec::new(60, 0), opts).await;
+    let tok = access(&s).await;
+    let live = unconverted_live_leads(&s);
+    s.inject(SalesforceFault::FailBulkJobs {
+        processed: 2,
+        count: 1,
+        error_message: None,
+    });
+    let mut csv = String::from("Id,Title\n");
+    for lid in &live[..5] {
+        csv.push_str(&format!("{lid},Part Way\n"));
+    }
+    let id = start_job(&s, &tok, csv.clone()).await;
+    let j = wait_job(&s, &tok, &id).await;
+    assert_eq!(j["state"], "Failed", "{j}");
+    assert_eq!(j["numberRecordsProcessed"], 2);
+    assert_eq!(j["numberRecordsFailed"], 0);
+    assert_eq!(
+        j["errorMessage"],
+        "InternalServerError : the batch was retried too many times"
+    );
+    let ok = get(
+        &s,
+        &tok,
+        &format!("/services/data/{V}/jobs/ingest/{id}/successfulResults/"),
+    )
+    .await;
+    assert_eq!(ok.text.lines().count(), 3, "{}", ok.text);
+    let left = get(
+        &s,
+        &tok,
+        &format!("/services/data/{V}/jobs/ingest/{id}/unprocessedrecords/"),
+    )
+    .await;
+    assert_eq!(left.text.lines().count(), 4, "{}", left.text);
+    for (k, lid) in live[..5].iter().enumerate() {
+        let written = s.field(lid, "Title") == Some(json!("Part Way"));
+        assert_eq!(written, k < 2, "{lid}");
+        assert_eq!(ok.text.contains(lid.as_str()), k < 2);
+        assert_eq!(left.text.contains(lid.as_str()), k >= 2);
+    }
+    let v = &s.bulk_jobs()[0];
+    assert_eq!(
+        (v.state.as_str(), v.rows, v.successful, v.unprocessed),
+        ("Failed", 5, 2, 3)
+    );
+
+    // The job used the day's only batch: no new job until it ages out.
+    let l = get(&s, &tok, &format!("/services/data/{V}/limits"))
+        .await
+        .json();
+    assert_eq!(l["DailyBulkApiBatches"]["Remaining"], 0);
+    let r = post_json(
+        &s,
+        &tok,
+        &format!("/services/data/{V}/jobs/ingest"),
+        &json!({"object": "Lead", "operation": "update"}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error_code(), "EXCEEDEDQUOTA");
+    assert_eq!(s.bulk_jobs().len(), 1);
+    s.advance(Duration::from_secs(24 * 3600 + 60));
+    let tok = access(&s).await;
+    let id = start_job(&s, &tok, csv).await;
+    let j = wait_job(&s, &tok, &id).await;
+    assert_eq!(j["state"], "JobComplete", "{j}");
+    assert_eq!(j["numberRecordsProcessed"], 5);
+    s.shutdown().await;
+}
+
 // ------------------------------------------------------------------------------- limits
 
 #[tokio::test]

@@ -229,12 +229,14 @@ impl Puller {
             let limit_reached = self
                 .query_limit
                 .is_some_and(|l| returned >= u64::from(l.max(1)));
-            if !(restart || limit_reached) || after.is_none() {
+            if !(restart || limit_reached) {
                 break;
             }
             // A whole query of unreadable rows: restarting from the same
-            // position would repeat it forever. The pass stops (the
-            // watermark stays) and says why.
+            // position would repeat it forever, and stopping as if done
+            // would move the watermark past the rows never read. The pass
+            // stops (the watermark stays) and says why. This includes the
+            // first query (no keyset yet).
             if after == position {
                 return Err(SalesforceError::Decode {
                     endpoint: "GET /services/data/vXX.X/query".into(),

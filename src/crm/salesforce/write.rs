@@ -32,9 +32,12 @@
 //! unchanged, `#N/A` sets it to null; RFC 4180 quoting; LF line endings),
 //! job states, and `failedResults` (`sf__Id`, `sf__Error` + the original
 //! columns) read into the same per-record outcomes, joined on `Id` (result
-//! order is not guaranteed).
+//! order is not guaranteed). A `JobComplete` job's other rows were written
+//! unless `unprocessedrecords` lists them ([`bulk_outcomes`]); a `Failed` or
+//! `Aborted` job's rows count as written only when `successfulResults`
+//! names them, and all the others are retried ([`bulk_outcomes_unfinished`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
@@ -737,6 +740,13 @@ pub fn bulk_failed_results_path(id: &str) -> Result<String, WriteError> {
     )))
 }
 
+pub fn bulk_successful_results_path(id: &str) -> Result<String, WriteError> {
+    Ok(data_path(&format!(
+        "jobs/ingest/{}/successfulResults/",
+        job_id_ok(id)?
+    )))
+}
+
 pub fn bulk_unprocessed_path(id: &str) -> Result<String, WriteError> {
     Ok(data_path(&format!(
         "jobs/ingest/{}/unprocessedrecords/",
@@ -1082,28 +1092,48 @@ pub fn parse_unprocessed(body: &[u8]) -> Result<Vec<String>, WriteError> {
         .collect())
 }
 
+/// The key [`super::same_id`] compares on: the 15-character id (None for
+/// a string that is no record id).
+fn id_key(id: &str) -> Option<&str> {
+    let id = id.trim();
+    if super::is_record_id(id) {
+        id.get(..15)
+    } else {
+        None
+    }
+}
+
+/// Failures grouped by record, for joins on the record's own Id.
+fn failures_by_id(failures: &[BulkFailure]) -> HashMap<&str, Vec<RecordError>> {
+    let mut by_id: HashMap<&str, Vec<RecordError>> = HashMap::new();
+    for f in failures {
+        if let Some(k) = id_key(&f.id) {
+            by_id.entry(k).or_default().push(f.error.clone());
+        }
+    }
+    by_id
+}
+
 /// The outcomes of a finished job: rows in `failures` failed (field-level
 /// ones come back as retries without the refused fields, to be sent
 /// through Collections), rows in `unprocessed` are retried, every other
 /// row of the upload was written. Call it for a `JobComplete` job only; a
-/// `Failed`/`Aborted` job's rows are all retried by the caller.
+/// `Failed`/`Aborted` job goes through [`bulk_outcomes_unfinished`].
 pub fn bulk_outcomes(
     upload: BulkUpload,
     failures: &[BulkFailure],
     unprocessed: &[String],
     max_attempts: u32,
 ) -> Vec<RecordOutcome> {
+    let failed = failures_by_id(failures);
+    let unprocessed: HashSet<&str> = unprocessed.iter().filter_map(|u| id_key(u)).collect();
     let mut out = Vec::with_capacity(upload.records.len());
     for p in upload.records {
-        let id = p.item.id.0.clone();
-        let errs: Vec<RecordError> = failures
-            .iter()
-            .filter(|f| same_id(&f.id, &id))
-            .map(|f| f.error.clone())
-            .collect();
-        if !errs.is_empty() {
+        let key = id_key(&p.item.id.0).map(str::to_string);
+        let errs = key.as_deref().and_then(|k| failed.get(k)).cloned();
+        if let Some(errs) = errs {
             out.push(record_failure(p, errs, max_attempts));
-        } else if unprocessed.iter().any(|u| same_id(u, &id)) {
+        } else if key.as_deref().is_some_and(|k| unprocessed.contains(k)) {
             out.push(RecordOutcome::Retry {
                 pending: p,
                 reason: "the Bulk job did not process the record".into(),
@@ -1113,6 +1143,68 @@ pub fn bulk_outcomes(
         }
     }
     out
+}
+
+/// The outcomes of a job that ended `Failed` or `Aborted` (or could not be
+/// followed to its end): only what Salesforce confirms is taken as done.
+/// Rows in `successful` (ids of `successfulResults/`) were written, rows in
+/// `failures` failed as in [`bulk_outcomes`], and every other row is
+/// retried with `reason` — a row is never taken as written on the strength
+/// of a missing entry, so nothing is lost, and a row Salesforce wrote is
+/// not sent again.
+pub fn bulk_outcomes_unfinished(
+    upload: BulkUpload,
+    successful: &[String],
+    failures: &[BulkFailure],
+    reason: &str,
+    max_attempts: u32,
+) -> Vec<RecordOutcome> {
+    let failed = failures_by_id(failures);
+    let done: HashSet<&str> = successful.iter().filter_map(|u| id_key(u)).collect();
+    let mut out = Vec::with_capacity(upload.records.len());
+    for p in upload.records {
+        let key = id_key(&p.item.id.0).map(str::to_string);
+        let errs = key.as_deref().and_then(|k| failed.get(k)).cloned();
+        if let Some(errs) = errs {
+            out.push(record_failure(p, errs, max_attempts));
+        } else if key.as_deref().is_some_and(|k| done.contains(k)) {
+            out.push(written(p));
+        } else {
+            out.push(RecordOutcome::Retry {
+                pending: p,
+                reason: reason.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// Ids in `GET …/successfulResults/` CSV (`sf__Id`, `sf__Created`, then
+/// the upload's columns): the upload's own `Id` column, else `sf__Id`.
+pub fn parse_successful_results(body: &[u8]) -> Result<Vec<String>, WriteError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let (header, rows) = read_csv(body)?;
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let Some(i) = col("Id")
+        .or_else(|| header.iter().position(|h| eq_field(h, "Id")))
+        .or_else(|| col("sf__Id"))
+    else {
+        return Err(WriteError::Decode {
+            endpoint: "GET /jobs/ingest/{id}/successfulResults/".into(),
+            message: "no `Id` or `sf__Id` column".into(),
+        });
+    };
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            r.get(i)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -1750,5 +1842,48 @@ mod tests {
         assert!(matches!(&out[3], RecordOutcome::Retry { .. }));
         assert_eq!(parse_failed_results(b"").unwrap(), vec![]);
         assert!(parse_failed_results(b"a,b\n1,2\n").is_err());
+    }
+
+    #[test]
+    fn an_unfinished_job_keeps_only_the_rows_salesforce_confirms() {
+        let l3 = "00Qxx0000001cccEAA";
+        let l4 = "00Qxx0000001dddEAA";
+        let (mut uploads, _) =
+            bulk_uploads(SObject::Lead, vec![full(L1), full(L2), full(l3), full(l4)]).unwrap();
+        let upload = uploads.remove(0);
+        // L1 written (named by its 15-character sf__Id only), L2 failed, the
+        // others neither: retried, never taken as written.
+        let ok_csv = format!(
+            "\"sf__Id\",\"sf__Created\",Id,Enrichment_Phone__c\n\"{}\",\"false\",{L1},+1\n",
+            &L1[..15]
+        );
+        let successful = parse_successful_results(ok_csv.as_bytes()).unwrap();
+        assert_eq!(successful, vec![L1.to_string()]);
+        let only_sf_id = parse_successful_results(
+            format!("\"sf__Id\",\"sf__Created\"\n\"{}\",\"false\"\n", &L1[..15]).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(only_sf_id, vec![L1[..15].to_string()]);
+        let failed_csv = format!(
+            "\"sf__Id\",\"sf__Error\",Id\n\"{L2}\",\"UNABLE_TO_LOCK_ROW:unable to obtain exclusive access:--\",{L2}\n"
+        );
+        let failures = parse_failed_results(failed_csv.as_bytes()).unwrap();
+        let out = bulk_outcomes_unfinished(
+            upload,
+            &only_sf_id,
+            &failures,
+            "the Bulk job ended Failed",
+            MAX_ATTEMPTS,
+        );
+        assert!(matches!(&out[0], RecordOutcome::Written { id, .. } if id.0 == L1));
+        assert!(matches!(&out[1], RecordOutcome::Retry { pending, .. } if pending.item.id.0 == L2));
+        for o in &out[2..] {
+            assert!(
+                matches!(o, RecordOutcome::Retry { reason, .. } if reason == "the Bulk job ended Failed"),
+                "{o:?}"
+            );
+        }
+        assert_eq!(parse_successful_results(b"").unwrap(), Vec::<String>::new());
+        assert!(parse_successful_results(b"a,b\n1,2\n").is_err());
     }
 }

@@ -8,13 +8,23 @@
 //!   the record without the fields an error named *and their partners* —
 //!   a value never goes without its Source, invariant 11) after a short
 //!   back-off; failed with what/where/what-to-do.
-//! - **Bulk API 2.0** ([`write_bulk`]) for more than `bulk_threshold`
-//!   records of one object: create the job, `PUT` the CSV, close it, poll
-//!   with back-off until it ends, then read `failedResults/` (only when the
-//!   job counted failures) and `unprocessedrecords/` (only when it did not
-//!   process every row) into per-record outcomes. Retries (field drops,
-//!   unprocessed rows, a `Failed`/`Aborted` job's rows) go through
-//!   Collections.
+//! - **Bulk API 2.0** ([`write_bulk`], [`write_bulk_on`]) for more than
+//!   `bulk_threshold` records of one object: create the job, `PUT` the
+//!   CSV, close it, poll with back-off until it ends, then read
+//!   `failedResults/` (only when the job counted failures) and
+//!   `unprocessedrecords/` (only when it did not process every row) into
+//!   per-record outcomes. A job still running after [`BULK_JOB_TIMEOUT`]
+//!   (measured on the connector's clock) is aborted. A job that ends
+//!   `Failed` or `Aborted` keeps only the rows `successfulResults/` names
+//!   (none are read when it processed nothing); its other rows are
+//!   retried. A job Salesforce will not take (creation refused — e.g. the
+//!   daily Bulk allocation used up —, or the upload or close refused and
+//!   the job aborted) sends all its rows through Collections; a pause
+//!   (`REQUEST_LIMIT_EXCEEDED`), an expired connection or a transport
+//!   failure stops the run instead. Retries (field drops, unprocessed
+//!   rows, the rows of a job that did not complete) go through
+//!   Collections, so no row is lost and none Salesforce confirmed is sent
+//!   twice.
 //! - Every write request carries [`write::write_headers`]:
 //!   `Sforce-Auto-Assign: FALSE`, the duplicate-rule header and
 //!   `Sforce-Call-Options: client=enrichd`.
@@ -31,10 +41,12 @@ use futures_util::stream::FuturesUnordered;
 
 use super::SalesforceError;
 use super::client::{Body, Method, Request, SalesforceClient};
+use super::errors::ErrorClass;
 use super::write::{
     self, BulkUpload, CollectionRequest, JobState, MAX_ATTEMPTS, PendingWrite, RecordOutcome,
     WriteError, WriteItem, WritePath, WriteSummary,
 };
+use crate::clock::{Clock, SystemClock};
 
 /// Collections requests in flight at once (within the client's permits).
 pub const COLLECTIONS_IN_FLIGHT: usize = 4;
@@ -205,8 +217,20 @@ pub async fn write_collections(client: &SalesforceClient, pending: Vec<PendingWr
 }
 
 /// Writes through Bulk API 2.0 ingest jobs of up to [`BULK_JOB_RECORDS`]
-/// rows (per object), then the retries through Collections.
+/// rows (per object), then the retries through Collections. The
+/// [`BULK_JOB_TIMEOUT`] is measured on the system clock; see
+/// [`write_bulk_on`].
 pub async fn write_bulk(client: &SalesforceClient, pending: Vec<PendingWrite>) -> WriteRun {
+    write_bulk_on(client, pending, &SystemClock).await
+}
+
+/// [`write_bulk`] with the [`BULK_JOB_TIMEOUT`] measured on `clock` (the
+/// connector's clock: a test moves a `ManualClock` past the timeout).
+pub async fn write_bulk_on(
+    client: &SalesforceClient,
+    pending: Vec<PendingWrite>,
+    clock: &dyn Clock,
+) -> WriteRun {
     let mut run = WriteRun::default();
     let mut by_object: std::collections::BTreeMap<super::SObject, Vec<PendingWrite>> =
         Default::default();
@@ -227,7 +251,7 @@ pub async fn write_bulk(client: &SalesforceClient, pending: Vec<PendingWrite>) -
             };
             retry.extend(fallback);
             for upload in uploads {
-                match bulk_job(client, upload, &mut run.report).await {
+                match bulk_job(client, upload, &mut run.report, clock).await {
                     Ok(outs) => {
                         run.report.summary.add(&outs);
                         for o in outs {
@@ -254,16 +278,81 @@ pub async fn write_bulk(client: &SalesforceClient, pending: Vec<PendingWrite>) -
     run
 }
 
-/// One ingest job, from creation to per-record outcomes.
+/// Whether a failed Bulk call leaves Collections worth trying: the Bulk API
+/// refused this job (its own quota, permissions, a server error after the
+/// retries, an unreadable answer) while the org and the session are fine.
+/// A pause, an expired connection or a transport failure stops the run.
+fn bulk_refused(e: &SalesforceError) -> bool {
+    match e {
+        SalesforceError::Api(f) => !matches!(
+            f.class,
+            ErrorClass::InvalidSession | ErrorClass::ReconnectRequired
+        ),
+        SalesforceError::Decode { .. } => true,
+        _ => false,
+    }
+}
+
+/// Every row of `upload` back to Collections, `reason` logged. `sent`:
+/// whether the rows reached Salesforce (a row never sent does not use up
+/// one of its attempts).
+fn all_retried(upload: BulkUpload, reason: &str, sent: bool) -> Vec<RecordOutcome> {
+    upload
+        .records
+        .into_iter()
+        .map(|mut pending| {
+            if !sent {
+                pending.attempts = pending.attempts.saturating_sub(1);
+            }
+            RecordOutcome::Retry {
+                pending,
+                reason: reason.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Aborts a job that never started processing (upload or close failed),
+/// so its rows can go through Collections. True only when Salesforce's
+/// answer says the job is `Aborted`.
+async fn abort_unstarted(
+    client: &SalesforceClient,
+    job_path: &str,
+    headers: &[(&'static str, String)],
+    report: &mut WriteReport,
+) -> bool {
+    report.bulk_calls += 1;
+    let answer = client
+        .call(
+            Request::json(
+                Method::Patch,
+                job_path.to_string(),
+                write::bulk_abort_body(),
+            )
+            .headers(headers.to_vec())
+            .bulk(),
+        )
+        .await;
+    match answer {
+        Ok(a) => write::parse_job_info(&a.body).is_ok_and(|i| i.state == JobState::Aborted),
+        Err(_) => false,
+    }
+}
+
+/// One ingest job, from creation to per-record outcomes. A job Salesforce
+/// refuses before it holds the rows (creation, upload or close refused,
+/// and the job then aborted) sends its rows through Collections; a job
+/// that ends `Failed` or `Aborted` — or runs past [`BULK_JOB_TIMEOUT`] on
+/// `clock` and is aborted — keeps the rows `successfulResults/` confirms
+/// and sends the others through Collections.
 async fn bulk_job(
     client: &SalesforceClient,
     upload: BulkUpload,
     report: &mut WriteReport,
+    clock: &dyn Clock,
 ) -> Result<Vec<RecordOutcome>, SalesforceError> {
     let headers = write::write_headers(client.settings.duplicate_rule);
     let rows = upload.records.len() as u64;
-    report.bulk_jobs += 1;
-    report.records_via_bulk += rows;
     report.bulk_calls += 1;
     let created = client
         .call(
@@ -275,31 +364,67 @@ async fn bulk_job(
             .headers(headers.clone())
             .bulk(),
         )
-        .await?;
-    let job = write::parse_job_info(&created.body).map_err(|e| decode(&created.endpoint, e))?;
-    let job_path = write::bulk_job_path(&job.id).map_err(|e| decode(&created.endpoint, e))?;
+        .await;
+    let job = created.and_then(|created| {
+        let job = write::parse_job_info(&created.body).map_err(|e| decode(&created.endpoint, e))?;
+        let job_path = write::bulk_job_path(&job.id).map_err(|e| decode(&created.endpoint, e))?;
+        let upload_path =
+            write::bulk_upload_path(&job).map_err(|e| decode(&created.endpoint, e))?;
+        Ok((job, job_path, upload_path))
+    });
+    let (job, job_path, upload_path) = match job {
+        Ok(j) => j,
+        Err(e) if bulk_refused(&e) => {
+            tracing::warn!(error = %e, "Salesforce Bulk job not created; its rows go through Collections");
+            return Ok(all_retried(
+                upload,
+                &format!("the Bulk job could not be created: {e}"),
+                false,
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    report.bulk_jobs += 1;
     let csv = String::from_utf8(upload.csv.clone()).map_err(|e| SalesforceError::Decode {
         endpoint: "Bulk CSV".into(),
         message: format!("not UTF-8: {e}"),
     })?;
-    let upload_path = write::bulk_upload_path(&job).map_err(|e| decode(&created.endpoint, e))?;
     report.bulk_calls += 1;
     let mut put = Request::new(Method::Put, upload_path)
         .headers(headers.clone())
         .bulk();
     put.body = Some(Body::Csv(csv));
-    client.call(put).await?;
-    report.bulk_calls += 1;
-    client
-        .call(
-            Request::json(Method::Patch, job_path.clone(), write::bulk_close_body())
-                .headers(headers.clone())
-                .bulk(),
-        )
-        .await?;
-    // Poll with back-off until the job ends.
-    let started = tokio::time::Instant::now();
+    let mut sent = client.call(put).await.map(|_| ());
+    if sent.is_ok() {
+        report.bulk_calls += 1;
+        sent = client
+            .call(
+                Request::json(Method::Patch, job_path.clone(), write::bulk_close_body())
+                    .headers(headers.clone())
+                    .bulk(),
+            )
+            .await
+            .map(|_| ());
+    }
+    if let Err(e) = sent {
+        // Not started: once aborted, the rows cannot be written by the job.
+        if bulk_refused(&e) && abort_unstarted(client, &job_path, &headers, report).await {
+            tracing::warn!(job = %job.id, error = %e, "Salesforce Bulk job refused its data and was aborted; its rows go through Collections");
+            return Ok(all_retried(
+                upload,
+                &format!("the Bulk job {} refused its data: {e}", job.id),
+                false,
+            ));
+        }
+        return Err(e);
+    }
+    report.records_via_bulk += rows;
+    // Poll with back-off until the job ends, or give up after the timeout
+    // (on the connector's clock).
+    let started = clock.now();
+    let timeout_ms = BULK_JOB_TIMEOUT.as_millis() as i64;
     let mut wait = Duration::from_millis(100);
+    let mut timed_out = false;
     let info = loop {
         tokio::time::sleep(wait).await;
         wait = (wait * 3 / 2).min(Duration::from_secs(10));
@@ -309,63 +434,105 @@ async fn bulk_job(
         if info.state.is_terminal() {
             break info;
         }
-        if started.elapsed() > BULK_JOB_TIMEOUT {
-            tracing::warn!(job = %info.id, "Salesforce Bulk job still running after 30 min: aborting it; its rows go through Collections");
+        if clock.now().saturating_sub(started) > timeout_ms {
+            timed_out = true;
+            tracing::warn!(job = %info.id, state = ?info.state, "Salesforce Bulk job still running after 30 min: aborting it; the rows it did not write go through Collections");
             report.bulk_calls += 1;
-            let _ = client
+            let aborted = client
                 .call(
                     Request::json(Method::Patch, job_path.clone(), write::bulk_abort_body())
                         .headers(headers.clone())
                         .bulk(),
                 )
                 .await;
-            break info;
+            if let Err(e) = &aborted {
+                tracing::warn!(job = %info.id, error = %e, "Salesforce Bulk job could not be aborted");
+            }
+            // What the job did until it stopped (it may have ended just
+            // before the abort).
+            report.bulk_calls += 1;
+            break match client.call(Request::get(job_path.clone()).bulk()).await {
+                Ok(a) => write::parse_job_info(&a.body).unwrap_or(info),
+                Err(_) => info,
+            };
         }
     };
-    if info.state != JobState::JobComplete {
-        tracing::warn!(
-            job = %info.id,
-            state = ?info.state,
-            error = info.error_message.as_deref().unwrap_or(""),
-            "Salesforce Bulk job did not complete; its rows go through Collections"
-        );
-        let reason = format!(
-            "the Bulk job ended {:?}{}",
-            info.state,
-            info.error_message
-                .as_deref()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default()
-        );
-        return Ok(upload
-            .records
-            .into_iter()
-            .map(|pending| RecordOutcome::Retry {
-                pending,
-                reason: reason.clone(),
-            })
-            .collect());
+    if info.state == JobState::JobComplete {
+        let failures = bulk_failures(client, &info, report).await?;
+        let unprocessed = if info.records_processed < rows {
+            let path = write::bulk_unprocessed_path(&info.id).map_err(|e| decode("Bulk", e))?;
+            report.bulk_calls += 1;
+            let a = client.call(Request::get(path).bulk()).await?;
+            write::parse_unprocessed(&a.body).map_err(|e| decode(&a.endpoint, e))?
+        } else {
+            Vec::new()
+        };
+        return Ok(write::bulk_outcomes(
+            upload,
+            &failures,
+            &unprocessed,
+            MAX_ATTEMPTS,
+        ));
     }
-    let failures = if info.records_failed > 0 {
-        let path = write::bulk_failed_results_path(&info.id).map_err(|e| decode("Bulk", e))?;
-        report.bulk_calls += 1;
-        let a = client.call(Request::get(path).bulk()).await?;
-        write::parse_failed_results(&a.body).map_err(|e| decode(&a.endpoint, e))?
-    } else {
-        Vec::new()
-    };
-    let unprocessed = if info.records_processed < rows {
-        let path = write::bulk_unprocessed_path(&info.id).map_err(|e| decode("Bulk", e))?;
-        report.bulk_calls += 1;
-        let a = client.call(Request::get(path).bulk()).await?;
-        write::parse_unprocessed(&a.body).map_err(|e| decode(&a.endpoint, e))?
-    } else {
-        Vec::new()
-    };
-    Ok(write::bulk_outcomes(
+    let reason = format!(
+        "the Bulk job {} {}{}",
+        info.id,
+        if timed_out && info.state != JobState::Aborted {
+            format!(
+                "ran past {} min and could not be aborted (state {:?})",
+                BULK_JOB_TIMEOUT.as_secs() / 60,
+                info.state
+            )
+        } else if timed_out {
+            format!(
+                "ran past {} min and was aborted",
+                BULK_JOB_TIMEOUT.as_secs() / 60
+            )
+        } else {
+            format!("ended {:?}", info.state)
+        },
+        info.error_message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    );
+    tracing::warn!(
+        job = %info.id,
+        state = ?info.state,
+        processed = info.records_processed,
+        error = info.error_message.as_deref().unwrap_or(""),
+        "Salesforce Bulk job did not complete; the rows it did not write go through Collections"
+    );
+    if info.records_processed == 0 && info.state.is_terminal() {
+        return Ok(all_retried(upload, &reason, true));
+    }
+    // Some rows may have been written: keep those Salesforce confirms.
+    let path = write::bulk_successful_results_path(&info.id).map_err(|e| decode("Bulk", e))?;
+    report.bulk_calls += 1;
+    let a = client.call(Request::get(path).bulk()).await?;
+    let successful =
+        write::parse_successful_results(&a.body).map_err(|e| decode(&a.endpoint, e))?;
+    let failures = bulk_failures(client, &info, report).await?;
+    Ok(write::bulk_outcomes_unfinished(
         upload,
+        &successful,
         &failures,
-        &unprocessed,
+        &reason,
         MAX_ATTEMPTS,
     ))
+}
+
+/// `failedResults/` of a job that counted failures.
+async fn bulk_failures(
+    client: &SalesforceClient,
+    info: &write::JobInfo,
+    report: &mut WriteReport,
+) -> Result<Vec<write::BulkFailure>, SalesforceError> {
+    if info.records_failed == 0 {
+        return Ok(Vec::new());
+    }
+    let path = write::bulk_failed_results_path(&info.id).map_err(|e| decode("Bulk", e))?;
+    report.bulk_calls += 1;
+    let a = client.call(Request::get(path).bulk()).await?;
+    write::parse_failed_results(&a.body).map_err(|e| decode(&a.endpoint, e))
 }

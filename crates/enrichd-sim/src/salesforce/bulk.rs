@@ -74,6 +74,8 @@ pub(crate) struct Job {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
     uploaded: bool,
+    /// Rows of the upload (kept when the rows are taken for processing).
+    row_count: usize,
     successful: Vec<(String, Vec<String>)>,
     failed: Vec<(String, String, Vec<String>)>,
     unprocessed: Vec<Vec<String>>,
@@ -206,6 +208,17 @@ pub(crate) fn create(sh: &Arc<Shared>, req: &Req, version: &str, who: &Who) -> R
         .as_str()
         .is_some_and(|s| !s.is_empty())
         && sh.opts.assignment_rule_active;
+    // DailyBulkApiBatches used up: no new job (ExceededQuota; status and code are a choice).
+    let max_batches = sh.opts.daily_bulk_batches;
+    if batches_used(sh) >= max_batches {
+        return sf_error(
+            400,
+            "EXCEEDEDQUOTA",
+            &format!(
+                "ExceededQuota : The job or batch you tried to create exceeds the allowed number for the past 24-hour period ({max_batches} batches)."
+            ),
+        );
+    }
     let now = sh.clock.now_ms();
     let job = {
         let mut jobs = sh.jobs();
@@ -228,6 +241,7 @@ pub(crate) fn create(sh: &Arc<Shared>, req: &Req, version: &str, who: &Who) -> R
             header: Vec::new(),
             rows: Vec::new(),
             uploaded: false,
+            row_count: 0,
             successful: Vec::new(),
             failed: Vec::new(),
             unprocessed: Vec::new(),
@@ -369,6 +383,7 @@ pub(crate) fn upload(sh: &Shared, req: &Req, id: &str) -> Reply {
         .map(|h| h.trim().to_string())
         .collect();
     rows.retain(|r| !(r.len() == 1 && r[0].is_empty()));
+    j.row_count = rows.len();
     j.rows = rows;
     j.uploaded = true;
     let n = j.rows.len();
@@ -434,11 +449,16 @@ pub(crate) fn delete(sh: &Shared, id: &str) -> Reply {
     Reply::empty(204)
 }
 
-/// The background processing of a closed job.
+/// The background processing of a closed job: `UploadComplete` for
+/// [`SalesforceOptions::bulk_processing_delay`](super::SalesforceOptions::bulk_processing_delay)
+/// (real time), then `InProgress` for that delay again and, on the sim clock,
+/// [`SalesforceOptions::bulk_job_duration`](super::SalesforceOptions::bulk_job_duration); only
+/// then are the rows taken and processed. A job aborted before that keeps every row as
+/// unprocessed and writes nothing.
 async fn process(sh: Arc<Shared>, id: String) {
     let delay = sh.opts.bulk_processing_delay;
     tokio::time::sleep(delay).await;
-    let taken = {
+    {
         let mut jobs = sh.jobs();
         let Some(j) = jobs.map.get_mut(&id) else {
             return;
@@ -448,6 +468,32 @@ async fn process(sh: Arc<Shared>, id: String) {
         }
         j.state = State::InProgress;
         j.modstamp_ms = sh.clock.now_ms();
+    }
+    tokio::time::sleep(delay).await;
+    // The job's own processing time, on the sim clock (tests advance it).
+    let hold = i64::try_from(sh.opts.bulk_job_duration.as_millis()).unwrap_or(i64::MAX);
+    if hold > 0 {
+        let until = sh.clock.now_ms().saturating_add(hold);
+        while sh.clock.now_ms() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let aborted = sh
+                .jobs()
+                .map
+                .get(&id)
+                .is_none_or(|j| j.state != State::InProgress);
+            if aborted {
+                return;
+            }
+        }
+    }
+    let taken = {
+        let mut jobs = sh.jobs();
+        let Some(j) = jobs.map.get_mut(&id) else {
+            return;
+        };
+        if j.state != State::InProgress {
+            return;
+        }
         (
             j.object,
             j.operation.clone(),
@@ -462,9 +508,8 @@ async fn process(sh: Arc<Shared>, id: String) {
             },
         )
     };
-    tokio::time::sleep(delay).await;
     let started = std::time::Instant::now();
-    let (obj, operation, header, rows, mut ctx) = taken;
+    let (obj, operation, header, mut rows, mut ctx) = taken;
     ctx.now = sh.clock.now_ms();
     // Header check: an unknown column fails the whole job.
     let unknown = {
@@ -483,6 +528,12 @@ async fn process(sh: Arc<Shared>, id: String) {
         error_message = Some("InvalidBatch : Field name not found : Id".to_string());
         unprocessed = rows;
     } else {
+        // An injected job failure: the first `processed` rows, then Failed.
+        if let Some((processed, message)) = take_job_fault(&sh) {
+            let keep = (processed as usize).min(rows.len());
+            unprocessed = rows.split_off(keep);
+            error_message = Some(message);
+        }
         for row in rows {
             match process_row(&sh, obj, &operation, &header, &row, &ctx) {
                 Ok(rid) => successful.push((rid, row)),
@@ -504,28 +555,116 @@ async fn process(sh: Arc<Shared>, id: String) {
         c.stats.bulk_records_processed += n as u64;
         c.stats.bulk_records_failed += failed.len() as u64;
         if n > 0 {
-            let batches = n.div_ceil(10_000) as u64;
+            let batches = n.div_ceil(ROWS_PER_BATCH) as u64;
             let now = sh.clock.now_ms();
             c.bulk_usage.push_back((now, batches));
         }
     }
     let mut jobs = sh.jobs();
     if let Some(j) = jobs.map.get_mut(&id) {
-        if j.state == State::Aborted {
-            return;
+        // Aborted while its rows were being processed: it stays Aborted, and what was
+        // processed is reported as such.
+        if j.state != State::Aborted {
+            j.state = if error_message.is_some() {
+                State::Failed
+            } else {
+                State::JobComplete
+            };
+            j.error_message = error_message;
         }
-        j.state = if error_message.is_some() {
-            State::Failed
-        } else {
-            State::JobComplete
-        };
         j.successful = successful;
         j.failed = failed;
-        j.unprocessed = unprocessed;
-        j.error_message = error_message;
+        j.unprocessed.extend(unprocessed);
         j.processing_ms = started.elapsed().as_millis() as i64;
         j.modstamp_ms = sh.clock.now_ms();
     }
+}
+
+/// Rows per Bulk "batch" (`DailyBulkApiBatches` counts one per started 10,000 records).
+const ROWS_PER_BATCH: usize = 10_000;
+
+/// A [`SalesforceFault::FailBulkJobs`](super::SalesforceFault::FailBulkJobs) for the job
+/// about to be processed (consumes one): how many rows to process and the job's
+/// `errorMessage`.
+fn take_job_fault(sh: &Shared) -> Option<(u32, String)> {
+    use super::SalesforceFault;
+    let mut c = sh.ctl();
+    let mut hit = None;
+    for f in c.faults.iter_mut() {
+        if let SalesforceFault::FailBulkJobs {
+            processed,
+            count,
+            error_message,
+        } = f
+            && *count > 0
+        {
+            *count -= 1;
+            hit = Some((
+                *processed,
+                error_message.clone().unwrap_or_else(|| {
+                    "InternalServerError : the batch was retried too many times".to_string()
+                }),
+            ));
+            break;
+        }
+    }
+    c.faults
+        .retain(|f| !matches!(f, SalesforceFault::FailBulkJobs { count: 0, .. }));
+    hit
+}
+
+/// Bulk batches used in the rolling 24 h window (sim clock).
+pub(crate) fn batches_used(sh: &Shared) -> u64 {
+    let now = sh.clock.now_ms();
+    sh.ctl()
+        .bulk_usage
+        .iter()
+        .filter(|(t, _)| *t > now - 86_400_000)
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+/// What a test sees of an ingest job ([`super::SalesforceSim::bulk_jobs`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BulkJobView {
+    pub id: String,
+    /// `"Lead"` or `"Contact"`.
+    pub object: String,
+    /// `Open`, `UploadComplete`, `InProgress`, `JobComplete`, `Failed` or `Aborted`.
+    pub state: String,
+    /// Rows uploaded.
+    pub rows: usize,
+    pub successful: usize,
+    pub failed: usize,
+    pub unprocessed: usize,
+    pub error_message: Option<String>,
+}
+
+/// Every ingest job, oldest first.
+pub(crate) fn views(sh: &Shared) -> Vec<BulkJobView> {
+    let jobs = sh.jobs();
+    let mut out: Vec<(i64, String, BulkJobView)> = jobs
+        .map
+        .values()
+        .map(|j| {
+            (
+                j.created_ms,
+                j.id.clone(),
+                BulkJobView {
+                    id: j.id.clone(),
+                    object: j.object.name().to_string(),
+                    state: j.state.name().to_string(),
+                    rows: j.row_count,
+                    successful: j.successful.len(),
+                    failed: j.failed.len(),
+                    unprocessed: j.unprocessed.len(),
+                    error_message: j.error_message.clone(),
+                },
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    out.into_iter().map(|(_, _, v)| v).collect()
 }
 
 fn process_row(

@@ -78,7 +78,9 @@
 //! the **sim clock**: the wall clock plus an offset moved forward by
 //! [`SalesforceSim::advance`] / `POST /_sim/clock/advance {"seconds":n}`. (A client minting a
 //! JWT from its own wall clock after the sim clock was advanced sends an "expired" assertion,
-//! as a real client with a slow clock would.) Latency and Bulk processing pace on real time.
+//! as a real client with a slow clock would.) Latency and the Bulk job's state steps
+//! ([`SalesforceOptions::bulk_processing_delay`]) pace on real time; a Bulk job's own
+//! processing time ([`SalesforceOptions::bulk_job_duration`]) is on the sim clock.
 //!
 //! ## OAuth (§1)
 //! * `GET /services/oauth2/authorize`: unknown `client_id` → 400 HTML page
@@ -246,6 +248,12 @@
 //!   is at least the threshold, every call is long-running; beyond `max` in flight → 403
 //!   `REQUEST_LIMIT_EXCEEDED` "ConcurrentRequests (Concurrent API Requests) Limit exceeded."
 //!   (not counted against the daily allocation).
+//! * `DailyBulkApiBatches` ([`SalesforceOptions::daily_bulk_batches`]): one batch per started
+//!   10,000 rows a job processed, rolling 24 h on the sim clock. With the allocation used up,
+//!   `POST /jobs/ingest` → 400 `[{"errorCode":"EXCEEDEDQUOTA","message":"ExceededQuota : The job
+//!   or batch you tried to create exceeds the allowed number for the past 24-hour period…"}]`
+//!   *(choice: the Bulk error code is `ExceededQuota`; the reference gives neither the status
+//!   nor the REST shape)*.
 //! * [`SalesforceOptions::latency`] is slept on every API call (401 and 403 answers too).
 //!
 //! ## Bulk API 2.0 ingest (§3.6)
@@ -256,9 +264,16 @@
 //! upload per job (a second → 400 `BULK_API_ERROR` "Found multiple contents for job…"). `PATCH
 //! …/{id}` `{"state":"UploadComplete"}` → the job goes `UploadComplete`, then `InProgress`,
 //! then `JobComplete` in the background ([`SalesforceOptions::bulk_processing_delay`] per
-//! step); `{"state":"Aborted"}` aborts. A header column that is no field fails the whole job
-//! (`state: Failed`, `errorMessage: "InvalidBatch : Field name not found : X"`); otherwise each
-//! row gets the same checks as a Collections record (empty cell = unchanged, `#N/A` = null).
+//! step, real time, then [`SalesforceOptions::bulk_job_duration`] on the sim clock before the
+//! rows are processed); `{"state":"Aborted"}` aborts an `Open`, `UploadComplete` or
+//! `InProgress` job: rows not yet processed are listed by `unprocessedrecords/` and never
+//! written; a job aborted while its rows were being processed stays `Aborted` and reports
+//! what was processed. A header column that is no field fails the whole job
+//! (`state: Failed`, `errorMessage: "InvalidBatch : Field name not found : X"`, every row
+//! unprocessed); otherwise each row gets the same checks as a Collections record (empty
+//! cell = unchanged, `#N/A` = null). [`SalesforceFault::FailBulkJobs`] makes a job process
+//! only its first N rows and end `Failed` with the rest unprocessed.
+//! [`SalesforceSim::bulk_jobs`] lists every job with its state and row counts.
 //! `GET …/{id}` adds `numberRecordsProcessed`, `numberRecordsFailed`, `retries`,
 //! `totalProcessingTime`, `errorMessage`. `successfulResults/` (`"sf__Id","sf__Created",<cols>`),
 //! `failedResults/` (`"sf__Id","sf__Error",<cols>`, the error as `CODE:message:fields --`) and
@@ -289,7 +304,8 @@
 //! [`SalesforceSim::stats`] / `GET /_sim/stats` ([`SalesforceStats`]; `?log=true` adds the call
 //! log) and `POST /_sim/stats/reset`. [`SalesforceFault::Status`] answers the next N calls under
 //! a path prefix with a status and Salesforce's body; [`SalesforceFault::FailRecords`] fails
-//! writes of given records per record.
+//! writes of given records per record; [`SalesforceFault::FailBulkJobs`] fails Bulk jobs
+//! part-way.
 //!
 //! ## `/_sim` control endpoints (both hosts)
 //! `GET /_sim/stats[?log=true]`, `POST /_sim/stats/reset`, `GET /_sim/clock`, `POST
@@ -328,6 +344,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 
+pub use bulk::BulkJobView;
 pub use options::{
     DuplicateRule, LongRunning, OutboundConfig, OutboundRule, SalesforceFault, SalesforceOptions,
     UnknownFieldMode,
@@ -823,6 +840,11 @@ impl SalesforceSim {
             .filter(|i| st.leads.is_converted(*i))
             .map(|i| st.leads.recs[i as usize].id.clone())
             .collect()
+    }
+    /// Every Bulk ingest job, oldest first: state, rows uploaded, processed, failed,
+    /// unprocessed, `errorMessage`.
+    pub fn bulk_jobs(&self) -> Vec<BulkJobView> {
+        bulk::views(&self.sh)
     }
     /// The writes applied to a record, oldest first.
     pub fn history(&self, id: &str) -> Vec<WriteRecord> {

@@ -140,7 +140,8 @@ pub struct SalesforceOptions {
     pub jwt_max_lifetime: Duration,
     /// `DailyApiRequests` Max: the rolling-24 h allocation.
     pub daily_api_requests: u64,
-    /// `DailyBulkApiBatches` Max.
+    /// `DailyBulkApiBatches` Max: with it used up (rolling 24 h), creating an ingest job is
+    /// refused (400 `EXCEEDEDQUOTA`).
     pub daily_bulk_batches: u64,
     pub long_running: Option<LongRunning>,
     /// Slept before answering every API call (after the limit decision).
@@ -164,9 +165,15 @@ pub struct SalesforceOptions {
     pub outbound_retry_base: Duration,
     /// Timeout of one Outbound Message POST.
     pub outbound_timeout: Duration,
-    /// How long (real time) a Bulk 2.0 ingest job stays `UploadComplete` and then
-    /// `InProgress` before it completes.
+    /// How long (real time) a Bulk 2.0 ingest job stays `UploadComplete`, and then
+    /// `InProgress`, before its rows are processed (after [`Self::bulk_job_duration`]).
     pub bulk_processing_delay: Duration,
+    /// How long (sim time) a Bulk 2.0 ingest job then stays `InProgress` before its rows are
+    /// processed: the job completes only once the sim clock has moved this far
+    /// ([`SalesforceSim::advance`](super::SalesforceSim::advance)); until then it can be
+    /// aborted with every row unprocessed. Zero (default): no wait. A very large value keeps
+    /// jobs running "forever".
+    pub bulk_job_duration: Duration,
     /// API version reported in job infos and `/services/data/`.
     pub latest_api_version: String,
 }
@@ -210,6 +217,7 @@ impl SalesforceOptions {
             outbound_retry_base: Duration::from_secs(15),
             outbound_timeout: Duration::from_secs(10),
             bulk_processing_delay: Duration::from_millis(30),
+            bulk_job_duration: Duration::ZERO,
             latest_api_version: "62.0".into(),
         }
     }
@@ -293,5 +301,14 @@ pub enum SalesforceFault {
         ids: Vec<String>,
         status_code: String,
         times: u32,
+    },
+    /// The next `count` Bulk ingest jobs that start processing (and whose header is valid)
+    /// process only their first `processed` rows, then end `Failed` with `error_message`
+    /// (default `"InternalServerError : the batch was retried too many times"`); the other
+    /// rows are listed by `unprocessedrecords/`. `processed: 0` fails the whole job.
+    FailBulkJobs {
+        processed: u32,
+        count: u32,
+        error_message: Option<String>,
     },
 }
