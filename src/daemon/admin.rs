@@ -10,14 +10,18 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/workspaces/{ws}/leads/{id}/enrich[?wait_secs=N]` | enqueue `enrich_lead` (one open job per lead) → 202 `{job_id}`; with `wait_secs` (≤ 60) wait for it and answer its state (200 once finished) |
-//! | `POST /v1/workspaces/{ws}/bulk` | `{"ids": [...]}`, `{"audience": "..."}` or `{"filter": [{"property", "operator", "value"}]}` → enqueue `bulk` → 202 `{job_id}` |
+//! | `POST /v1/workspaces/{ws}/bulk` | `{"ids": [...]}`, `{"audience": "..."}` or `{"filter": [{"property", "operator", "value"}]}` (HubSpot search's shape; on Salesforce a SOQL `WHERE`, checked against the objects' describe) → enqueue `bulk` → 202 `{job_id}` |
 //! | `GET /v1/workspaces/{ws}/jobs/{id}` | state, attempts, progress, last error or dead reason, result |
 //! | `POST /v1/workspaces/{ws}/preview` | `{"audience", "ids", "limit", "estimate", "changes_only"}` (all optional) → the preview JSON of stored records; changes nothing |
 //!
 //! The work itself is done by the job workers (`super::worker`): the API
-//! only validates, enqueues (idempotently) and reads.
+//! only validates, enqueues (idempotently) and reads. Lead ids are checked
+//! as the workspace's CRM spells them (HubSpot: numbers; Salesforce: 15 or
+//! 18 characters with a Lead `00Q` or Contact `003` prefix of an object the
+//! workspace syncs), and a filter on Salesforce is refused with a 400 when
+//! SOQL cannot express it (`super::salesforce_filter`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +40,10 @@ use super::worker::{BULK, ENRICH_LEAD, FilterRule, Selection};
 use crate::clock::Clock;
 use crate::config::crm::CrmSettings;
 use crate::config::{Settings, Workspace};
-use crate::core::lead::LeadId;
+use crate::core::lead::{LeadId, WorkspaceId};
+use crate::crm::salesforce::sync::SalesforceSync;
+use crate::crm::salesforce::{SObject, is_record_id};
+use crate::crm::schema::CrmSchema;
 use crate::preview::run::{Filter, Options, PreviewError, Scope, preview_stored};
 use crate::store::Store;
 use crate::store::jobs::{Job, JobSpec, JobState};
@@ -85,6 +92,9 @@ pub struct Admin {
     pub clock: Arc<dyn Clock>,
     /// Wakes the job workers when a job is enqueued.
     pub wake: Arc<Notify>,
+    /// Salesforce connectors (the daemon's), whose describes check a bulk
+    /// filter before it is queued.
+    pub salesforce: BTreeMap<WorkspaceId, Arc<SalesforceSync>>,
 }
 
 /// The `/v1` routes.
@@ -283,22 +293,26 @@ fn check_lead_id(ws: &Workspace, id: &str) -> Result<(), String> {
             ws.id
         ));
     }
-    Ok(())
-}
-
-/// Enrich-now and bulk jobs read and write HubSpot contacts (or stored
-/// leads); for a Salesforce workspace they are refused with what to use
-/// instead, rather than enriching records through the wrong field names.
-fn not_for_salesforce(ws: &Workspace, route: &str) -> Result<(), ApiError> {
-    if matches!(ws.crm, Some(crate::config::crm::CrmSettings::Salesforce(_))) {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            format!(
-                "{route}: workspace {} is connected to Salesforce, and jobs from the admin API serve HubSpot workspaces only for now; a change in Salesforce reaches enrichd by Outbound Message, and `enrichd sync --once --workspace {}` enriches every changed Lead",
-                ws.id, ws.id
-            ),
-        ));
+    if let Some(CrmSettings::Salesforce(sf)) = &ws.crm {
+        let synced: Vec<SObject> = sf.objects.iter().map(|o| o.object).collect();
+        let names = synced
+            .iter()
+            .map(|o| format!("{o} ({}…)", o.id_prefix()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let object = SObject::of_id(id).filter(|_| is_record_id(id));
+        return match object {
+            Some(o) if synced.contains(&o) => Ok(()),
+            Some(o) => Err(format!(
+                "`{id}` is a {o} Id, and workspace {} does not sync {o} records (it syncs {names}); add the object to [workspaces.crm] or give the Id of a record it syncs",
+                ws.id
+            )),
+            None => Err(format!(
+                "`{}` is not a Salesforce record Id of a record workspace {} syncs: Ids are 15 or 18 letters and digits, starting with the object's prefix ({names}), e.g. 00Q5g00000AbCdEEAV",
+                id.escape_debug(),
+                ws.id
+            )),
+        };
     }
     Ok(())
 }
@@ -312,7 +326,6 @@ async fn enrich_lead(
 ) -> ApiResult {
     let ws = a.authorize(&headers, &ws).await?;
     let route = format!("POST /v1/workspaces/{}/leads/{{id}}/enrich", ws.id);
-    not_for_salesforce(&ws, &route)?;
     check_lead_id(&ws, &id).map_err(|e| ApiError::bad_request(format!("{route}: {e}")))?;
     let wait =
         wait_secs(query.as_deref()).map_err(|e| ApiError::bad_request(format!("{route}: {e}")))?;
@@ -426,11 +439,20 @@ async fn bulk(
 ) -> ApiResult {
     let ws = a.authorize(&headers, &ws).await?;
     let route = format!("POST /v1/workspaces/{}/bulk", ws.id);
-    not_for_salesforce(&ws, &route)?;
-    let example = r#"{"ids": ["51", "52"]}, {"audience": "<name>"} or {"filter": [{"property": "lifecyclestage", "operator": "EQ", "value": "lead"}]}"#;
+    let example = match ws.crm {
+        Some(CrmSettings::Salesforce(_)) => {
+            r#"{"ids": ["00Q5g00000AbCdEEAV"]}, {"audience": "<name>"} or {"filter": [{"property": "LeadSource", "operator": "EQ", "value": "Web"}]}"#
+        }
+        _ => {
+            r#"{"ids": ["51", "52"]}, {"audience": "<name>"} or {"filter": [{"property": "lifecyclestage", "operator": "EQ", "value": "lead"}]}"#
+        }
+    };
     let raw: BulkBody = parse_body(&route, &body, example)?;
     let bad = |m: String| ApiError::bad_request(format!("{route}: {m}"));
     let (selection, dedupe) = bulk_selection(&ws, raw, example).map_err(bad)?;
+    if let (Selection::Filter(rules), Some(sf)) = (&selection, a.salesforce.get(&ws.id)) {
+        check_salesforce_filter(sf, rules).await.map_err(bad)?;
+    }
     let payload = serde_json::to_value(&selection).map_err(|e| bad(e.to_string()))?;
     let (id, created) = a
         .enqueue(&ws, JobSpec::new(BULK, payload).dedupe(dedupe))
@@ -486,7 +508,8 @@ pub fn bulk_selection(
                 ws.id
             ));
         }
-        let rules = filter_rules(raw.filter.unwrap_or_default())?;
+        let salesforce = matches!(ws.crm, Some(CrmSettings::Salesforce(_)));
+        let rules = filter_rules(raw.filter.unwrap_or_default(), salesforce)?;
         let text = serde_json::to_string(&rules).unwrap_or_default();
         let key = format!("filter:{}", digest(&text));
         (Selection::Filter(rules), key)
@@ -516,8 +539,28 @@ fn bulk_ids(ws: &Workspace, ids: &[Value]) -> Result<Vec<String>, String> {
     Ok(out.into_iter().collect())
 }
 
-/// Checked HubSpot search filters.
-fn filter_rules(raw: Vec<RawRule>) -> Result<Vec<FilterRule>, String> {
+/// A Salesforce filter against the objects' describes (cached by the
+/// connector): what SOQL cannot express is refused with where. When the
+/// describe cannot be read now (org paused, not connected) the job is
+/// queued anyway and the worker checks it again.
+async fn check_salesforce_filter(sf: &SalesforceSync, rules: &[FilterRule]) -> Result<(), String> {
+    let mut described = Vec::new();
+    for object in sf.objects() {
+        match sf.describe(object).await {
+            Ok(s) => described.push((object, s)),
+            Err(e) => {
+                tracing::warn!(workspace = %sf.ws.id, object = %object, error = %e, "admin API: cannot describe the object to check a bulk filter; the job checks it when it runs");
+                return Ok(());
+            }
+        }
+    }
+    let objects: Vec<(SObject, &CrmSchema)> = described.iter().map(|(o, s)| (*o, &**s)).collect();
+    super::salesforce_filter::plan(&objects, rules).map(|_| ())
+}
+
+/// Checked search filters: HubSpot search's rules, or for a Salesforce
+/// workspace what SOQL can express (field API names, no token search).
+fn filter_rules(raw: Vec<RawRule>, salesforce: bool) -> Result<Vec<FilterRule>, String> {
     if raw.is_empty() || raw.len() > MAX_FILTERS {
         return Err(format!(
             "`filter` has {} conditions; give 1 to {MAX_FILTERS} (they are ANDed)",
@@ -528,11 +571,12 @@ fn filter_rules(raw: Vec<RawRule>) -> Result<Vec<FilterRule>, String> {
     for (i, r) in raw.into_iter().enumerate() {
         let at = format!("`filter[{i}]`");
         let p = r.property.trim();
-        if p.is_empty()
-            || p.len() > 100
-            || !p
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        if !salesforce
+            && (p.is_empty()
+                || p.len() > 100
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
         {
             return Err(format!(
                 "{at}.property `{}` is not a HubSpot property name (letters, digits, _ and .)",
@@ -540,6 +584,13 @@ fn filter_rules(raw: Vec<RawRule>) -> Result<Vec<FilterRule>, String> {
             ));
         }
         let op = r.operator.trim().to_ascii_uppercase();
+        if salesforce && !super::salesforce_filter::OPERATORS.contains(&op.as_str()) {
+            return Err(format!(
+                "{at}.operator `{}` cannot be expressed in SOQL for Salesforce (one of {})",
+                r.operator.escape_debug(),
+                super::salesforce_filter::OPERATORS.join(", ")
+            ));
+        }
         if !OPERATORS.contains(&op.as_str()) {
             return Err(format!(
                 "{at}.operator `{}` is not a HubSpot search operator (one of {})",
@@ -602,9 +653,17 @@ fn filter_rules(raw: Vec<RawRule>) -> Result<Vec<FilterRule>, String> {
                 rule.value = Some(one(r.value.as_ref(), "value")?);
             }
         }
+        if salesforce {
+            super::salesforce_filter::check_rule(i, &rule)?;
+        }
         out.push(rule);
     }
     let n = serde_json::to_string(&out).map_or(0, |s| s.len());
+    if salesforce && n > MAX_FILTER_CHARS {
+        return Err(format!(
+            "`filter` is too long ({n} characters of filters; at most {MAX_FILTER_CHARS}, so the SOQL query stays far below Salesforce's URL limit)"
+        ));
+    }
     if n > MAX_FILTER_CHARS {
         return Err(format!(
             "`filter` is too long for HubSpot search ({n} characters of filters; at most {MAX_FILTER_CHARS}, as a search body is limited to 3,000)"
@@ -792,14 +851,19 @@ mod tests {
 
     #[test]
     fn filters_are_checked_against_hubspot_search_rules() {
-        let ok = filter_rules(vec![
-            rule(json!({"property": "country", "operator": "eq", "value": "US"})),
-            rule(
-                json!({"propertyName": "numemployees", "operator": "BETWEEN", "value": 10, "highValue": 50}),
-            ),
-            rule(json!({"property": "seniority", "operator": "IN", "values": ["vp", "director"]})),
-            rule(json!({"property": "email", "operator": "NOT_HAS_PROPERTY"})),
-        ]);
+        let ok = filter_rules(
+            vec![
+                rule(json!({"property": "country", "operator": "eq", "value": "US"})),
+                rule(
+                    json!({"propertyName": "numemployees", "operator": "BETWEEN", "value": 10, "highValue": 50}),
+                ),
+                rule(
+                    json!({"property": "seniority", "operator": "IN", "values": ["vp", "director"]}),
+                ),
+                rule(json!({"property": "email", "operator": "NOT_HAS_PROPERTY"})),
+            ],
+            false,
+        );
         let ok = ok.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ok[0].operator, "EQ");
         assert_eq!(ok[1].high_value.as_deref(), Some("50"));
@@ -825,13 +889,51 @@ mod tests {
                 "takes no `value`",
             ),
         ] {
-            let e = filter_rules(vec![rule(bad)]).err().unwrap_or_default();
+            let e = filter_rules(vec![rule(bad)], false)
+                .err()
+                .unwrap_or_default();
             assert!(e.contains(says), "{e}");
         }
         let six = (0..6)
             .map(|_| rule(json!({"property": "c", "operator": "HAS_PROPERTY"})))
             .collect();
-        assert!(filter_rules(six).is_err());
-        assert!(filter_rules(Vec::new()).is_err());
+        assert!(filter_rules(six, false).is_err());
+        assert!(filter_rules(Vec::new(), false).is_err());
+    }
+
+    #[test]
+    fn salesforce_filters_are_checked_against_what_soql_expresses() {
+        let ok = filter_rules(
+            vec![
+                rule(json!({"property": "LeadSource", "operator": "eq", "value": "Web"})),
+                rule(json!({"property": "Industry__c", "operator": "IN", "values": ["a", "b"]})),
+            ],
+            true,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok[0].operator, "EQ");
+        for (bad, says) in [
+            (
+                json!({"property": "Company", "operator": "CONTAINS_TOKEN", "value": "x"}),
+                "`filter[0]`.operator `CONTAINS_TOKEN` cannot be expressed in SOQL",
+            ),
+            (
+                json!({"property": "Account.Name", "operator": "EQ", "value": "x"}),
+                "parent fields such as Account.Name",
+            ),
+            (
+                json!({"property": "Lead Source", "operator": "EQ", "value": "x"}),
+                "not a Salesforce field API name",
+            ),
+            (
+                json!({"property": "LeadSource", "operator": "EQ", "value": "a\u{1}"}),
+                "control character",
+            ),
+        ] {
+            let e = filter_rules(vec![rule(bad)], true)
+                .err()
+                .unwrap_or_default();
+            assert!(e.contains(says), "{e}");
+        }
     }
 }

@@ -36,6 +36,7 @@ use crate::store::Store;
 use crate::store::crm::ConnectionState;
 
 pub mod admin;
+pub mod salesforce_filter;
 pub mod worker;
 
 /// How often recorded events are looked for when no delivery woke the loop
@@ -138,15 +139,20 @@ pub async fn run(
     // Salesforce workspaces: what wakes their event loop when an Outbound
     // Message is recorded (the loop itself: see below).
     let mut sf_wakes: Vec<(WorkspaceId, Arc<Notify>)> = Vec::new();
+    // Salesforce workspaces' connectors: one per workspace (one client, one
+    // daily budget per org) for the loops, the admin API and the workers.
+    let mut sfs: BTreeMap<WorkspaceId, Arc<SalesforceSync>> = BTreeMap::new();
     let mut connectors: Vec<(Arc<dyn Connector>, Arc<Notify>)> = Vec::new();
     for ws in &settings.workspaces {
         if matches!(ws.crm, Some(CrmSettings::Salesforce(_))) {
             let sf = SalesforceSync::open(&settings, ws, store.clone(), clock.clone())
                 .map_err(|e| DaemonError::Salesforce(e.to_string()))?;
             if let Some(sf) = sf {
+                let sf = Arc::new(sf);
                 let wake = Arc::new(Notify::new());
                 sf_wakes.push((ws.id.clone(), wake.clone()));
-                connectors.push((Arc::new(sf), wake));
+                sfs.insert(ws.id.clone(), sf.clone());
+                connectors.push((sf, wake));
             }
         }
         if !matches!(ws.crm, Some(CrmSettings::HubSpot(_))) {
@@ -202,17 +208,21 @@ pub async fn run(
         store: store.clone(),
         clock: clock.clone(),
         wake: jobs_wake.clone(),
+        salesforce: sfs.clone(),
     });
-    let workers = Arc::new(worker::Workers::new(
-        settings.clone(),
-        store.clone(),
-        clock.clone(),
-        engine.clone(),
-        hubs.iter()
-            .map(|(h, _)| (h.ws.id.clone(), h.clone()))
-            .collect(),
-        jobs_wake,
-    ));
+    let workers = Arc::new(
+        worker::Workers::new(
+            settings.clone(),
+            store.clone(),
+            clock.clone(),
+            engine.clone(),
+            hubs.iter()
+                .map(|(h, _)| (h.ws.id.clone(), h.clone()))
+                .collect(),
+            jobs_wake,
+        )
+        .with_salesforce(sfs),
+    );
 
     let health = Arc::new(Health {
         settings: settings.clone(),

@@ -20,6 +20,13 @@
 //!   next chunk and is released (back to queued, the attempt given back);
 //!   whatever is still running when the drain time is over is cancelled and
 //!   released, so the next start (or another replica) picks it up.
+//! * **CRM-neutral jobs.** A job reads, enriches and writes back through
+//!   [`Crm`]: HubSpot contacts, Salesforce Leads and Contacts (read fresh
+//!   by Id with SOQL, each object through its view of the workspace,
+//!   converted Leads refused with the reason, written through sObject
+//!   Collections; a filter becomes a SOQL `WHERE` per object), or stored
+//!   leads without a CRM. A Salesforce org paused by its daily allocation
+//!   fails the attempt with a retry no earlier than the pause's end.
 //! * **Notifications.** When a bulk job finishes (or gives up), the
 //!   workspace's `notify_url` gets `{"text": "..."}` (Slack-compatible). A
 //!   failed notification is logged and never fails the job; the URL is a
@@ -35,6 +42,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
+use crate::config::crm::CrmSettings;
 use crate::config::{Settings, Workspace};
 use crate::core::jobs::retry_at;
 use crate::core::lead::{Lead, LeadId, WorkspaceId};
@@ -43,11 +51,17 @@ use crate::crm::hubspot::client::Method;
 use crate::crm::hubspot::limits::BucketKind;
 use crate::crm::hubspot::pull::{SEARCH_CAP, SEARCH_PAGE, parse_results};
 use crate::crm::hubspot::sync::HubSpot;
+use crate::crm::salesforce::limits::PauseReason;
+use crate::crm::salesforce::sync::SalesforceSync;
+use crate::crm::salesforce::{SObject, SalesforceError};
+use crate::crm::schema::CrmSchema;
 use crate::engine::{Engine, RunOptions};
 use crate::store::jobs::Job;
 #[cfg(test)]
 use crate::store::jobs::JobState;
 use crate::store::{LeadState, Store};
+
+use super::salesforce_filter;
 
 /// Job kind: enrich one lead now (payload `{"lead_id": "..."}`).
 pub const ENRICH_LEAD: &str = "enrich_lead";
@@ -74,6 +88,8 @@ const RETRY_BASE_MS: i64 = 10_000;
 const RETRY_CAP_MS: i64 = 600_000;
 /// A notification that takes longer is given up (and logged).
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-record failures listed in a bulk job's result, at most.
+const MAX_REPORTED_FAILURES: usize = 100;
 /// HubSpot's contact search endpoint.
 const SEARCH_PATH: &str = "/crm/v3/objects/contacts/search";
 
@@ -87,11 +103,14 @@ pub enum Selection {
     Ids(Vec<String>),
     /// Stored leads that are members of this audience.
     Audience(String),
-    /// A HubSpot contact search: these conditions, all of them (AND).
+    /// A CRM search: these conditions, all of them (AND). HubSpot search
+    /// as is; on Salesforce a SOQL `WHERE` per synced object
+    /// (`super::salesforce_filter`).
     Filter(Vec<FilterRule>),
 }
 
-/// One HubSpot search filter.
+/// One search filter, in HubSpot's search shape (the admin API's shape for
+/// every CRM).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FilterRule {
     pub property: String,
@@ -131,6 +150,9 @@ enum Outcome {
     Done(Value),
     /// This attempt failed (retried with backoff, or dead at the last one).
     Failed(String),
+    /// This attempt failed because the CRM is paused until `until` (ms):
+    /// retried then at the earliest.
+    Paused { error: String, until: i64 },
     /// Stopping: give the job back.
     Released,
     /// The job is no longer this worker's (its lease lapsed): leave it.
@@ -145,6 +167,10 @@ pub struct Workers {
     pub engine: Arc<Engine>,
     /// The HubSpot connector of each workspace that has one.
     pub hubs: BTreeMap<WorkspaceId, Arc<HubSpot>>,
+    /// The Salesforce connector of each Salesforce workspace: the daemon's
+    /// own (one client, one daily budget per org); one opened on first use
+    /// otherwise (`enrichd bulk`).
+    salesforce: std::sync::Mutex<BTreeMap<WorkspaceId, Arc<SalesforceSync>>>,
     /// Notified when a job is enqueued in this process.
     pub wake: Arc<Notify>,
     /// Unique per process: `host/pid/random`.
@@ -176,9 +202,19 @@ impl Workers {
             clock,
             engine,
             hubs,
+            salesforce: std::sync::Mutex::new(BTreeMap::new()),
             wake,
             worker_id: worker_id(),
             http,
+        }
+    }
+
+    /// Uses these Salesforce connectors (shared with the daemon's sync and
+    /// events loops, so one client and one daily budget per org).
+    pub fn with_salesforce(self, sfs: BTreeMap<WorkspaceId, Arc<SalesforceSync>>) -> Workers {
+        Workers {
+            salesforce: std::sync::Mutex::new(sfs),
+            ..self
         }
     }
 
@@ -379,14 +415,20 @@ impl Workers {
                     }
                 }
             }
-            Outcome::Failed(error) => {
+            Outcome::Failed(_) | Outcome::Paused { .. } => {
+                let (error, not_before) = match outcome {
+                    Outcome::Paused { error, until } => (error, Some(until)),
+                    Outcome::Failed(error) => (error, None),
+                    _ => return,
+                };
                 let at = retry_at(
                     now,
                     job.attempts,
                     RETRY_BASE_MS,
                     RETRY_CAP_MS,
                     job.id.unsigned_abs(),
-                );
+                )
+                .max(not_before.unwrap_or(i64::MIN));
                 match self
                     .store
                     .fail(job.id, &self.worker_id, &error, at, now)
@@ -467,8 +509,50 @@ impl Workers {
         }
     }
 
+    /// The CRM of `ws` as the job sees it: its HubSpot or Salesforce
+    /// connector (Salesforce opened here when the process has none for the
+    /// workspace, e.g. `enrichd bulk`), or the store for a workspace
+    /// without a CRM.
+    fn crm(&self, ws: &Arc<Workspace>) -> Result<Crm, JobError> {
+        match &ws.crm {
+            Some(CrmSettings::HubSpot(_)) => Ok(self
+                .hubs
+                .get(&ws.id)
+                .map_or(Crm::Stored, |h| Crm::HubSpot(h.clone()))),
+            Some(CrmSettings::Salesforce(_)) => {
+                let mut open = self.salesforce.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(sf) = open.get(&ws.id) {
+                    return Ok(Crm::Salesforce(sf.clone()));
+                }
+                let sf = SalesforceSync::open(
+                    &self.settings,
+                    ws,
+                    self.store.clone(),
+                    self.clock.clone(),
+                )
+                .map_err(|e| {
+                    JobError::from(format!(
+                        "opening the Salesforce connection of workspace {}: {}",
+                        ws.id,
+                        sf_hint(&e)
+                    ))
+                })?;
+                match sf {
+                    Some(sf) => {
+                        let sf = Arc::new(sf);
+                        open.insert(ws.id.clone(), sf.clone());
+                        Ok(Crm::Salesforce(sf))
+                    }
+                    None => Ok(Crm::Stored),
+                }
+            }
+            None => Ok(Crm::Stored),
+        }
+    }
+
     /// Reads the lead from the CRM (or the store, without one), enriches
-    /// it, writes it back.
+    /// it, writes it back. A converted Salesforce Lead is not enriched or
+    /// written: the job is done with that reason.
     async fn enrich_lead(&self, job: &Job, ws: &Arc<Workspace>) -> Outcome {
         let Some(id) = job.payload.get("lead_id").and_then(Value::as_str) else {
             return Outcome::Failed(format!(
@@ -478,42 +562,59 @@ impl Workers {
         };
         let id = LeadId(id.to_string());
         self.progress(job, 0, 1).await;
-        let hub = self.hubs.get(&ws.id);
-        let leads = match self.read(ws, hub, std::slice::from_ref(&id)).await {
-            Ok(l) => l,
-            Err(e) => return Outcome::Failed(e),
+        let crm = match self.crm(ws) {
+            Ok(c) => c,
+            Err(e) => return e.outcome(),
         };
-        if leads.is_empty() {
-            let where_ = if hub.is_some() {
-                "HubSpot has no such contact (deleted, merged or archived?)"
-            } else {
-                "no stored lead has this id (the workspace has no CRM: enrich a file with `enrichd enrich` first)"
-            };
+        let read = match crm
+            .read(self.store.as_ref(), ws, std::slice::from_ref(&id))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return e.outcome(),
+        };
+        if let Some((_, why)) = read.refused.first() {
+            self.progress(job, 1, 1).await;
+            return Outcome::Done(json!({
+                "lead_id": id.as_str(),
+                "found": true,
+                "state": "failed",
+                "reason": why,
+                "credits": 0,
+                "write_back": {"fields_written": 0, "failed": why},
+                "failures": [{"id": id.as_str(), "reason": why}],
+            }));
+        }
+        let Some(group) = read.groups.into_iter().find(|g| !g.leads.is_empty()) else {
             return Outcome::Done(json!({
                 "lead_id": id.as_str(),
                 "found": false,
-                "message": format!("lead {id} not enriched: {where_}"),
+                "message": format!("lead {id} not enriched: {}", crm.not_found(&id)),
             }));
-        }
+        };
         let report = match self
             .engine
-            .enrich(ws, leads.clone(), RunOptions::default())
+            .enrich(&group.ws, group.leads.clone(), RunOptions::default())
             .await
         {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(format!("enriching lead {id}: {e}")),
         };
-        let write = match hub {
-            Some(hub) => match write_back(hub, &leads).await {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    return Outcome::Failed(format!("writing lead {id} back to HubSpot: {e}"));
-                }
-            },
-            None => None,
+        let write = match crm.write(&group).await {
+            Ok(w) => w,
+            Err(e) => {
+                return e
+                    .context(&format!("writing lead {id} back to {}", crm.name()))
+                    .outcome();
+            }
         };
         self.progress(job, 1, 1).await;
         let lead = report.lead(id.as_str());
+        let failures: Vec<Value> = write
+            .iter()
+            .flat_map(|w| &w.failures)
+            .map(|(id, why)| json!({"id": id, "reason": why}))
+            .collect();
         Outcome::Done(json!({
             "lead_id": id.as_str(),
             "found": true,
@@ -523,10 +624,11 @@ impl Workers {
             "status_after": lead.and_then(|l| l.status_after).map(|s| s.as_str()),
             "filled": lead.map(|l| &l.filled),
             "credits": report.totals.credits_charged,
-            "write_back": write.map(|w| json!({
+            "write_back": write.as_ref().map(|w| json!({
                 "fields_written": w.fields,
                 "failed": w.failures.first().map(|(_, why)| why.clone()),
             })),
+            "failures": failures,
         }))
     }
 
@@ -543,10 +645,13 @@ impl Workers {
                 ));
             }
         };
-        let hub = self.hubs.get(&ws.id);
-        let ids = match self.resolve(ws, hub, &selection).await {
+        let crm = match self.crm(ws) {
+            Ok(c) => c,
+            Err(e) => return e.outcome(),
+        };
+        let (ids, notes) = match self.resolve(ws, &crm, &selection).await {
             Ok(ids) => ids,
-            Err(e) => return Outcome::Failed(e),
+            Err(e) => return e.outcome(),
         };
         let total = i64::try_from(ids.len()).unwrap_or(i64::MAX);
         if !self.progress(job, 0, total).await {
@@ -554,6 +659,7 @@ impl Workers {
         }
         let mut t = BulkTotals {
             leads: ids.len() as u64,
+            notes,
             ..BulkTotals::default()
         };
         let mut done: i64 = 0;
@@ -561,24 +667,25 @@ impl Workers {
             if *stop.borrow() {
                 return Outcome::Released;
             }
-            let leads = match self.read(ws, hub, chunk).await {
-                Ok(l) => l,
-                Err(e) => return Outcome::Failed(e),
+            let span = format!("leads {done}..{} of {total}", done + chunk.len() as i64);
+            let read = match crm.read(self.store.as_ref(), ws, chunk).await {
+                Ok(r) => r,
+                Err(e) => return e.context(&format!("reading {span}")).outcome(),
             };
-            t.missing += (chunk.len() - leads.len().min(chunk.len())) as u64;
-            if !leads.is_empty() {
+            let found: usize = read.groups.iter().map(|g| g.leads.len()).sum();
+            t.missing += chunk.len().saturating_sub(found + read.refused.len()) as u64;
+            t.converted += read.refused.len() as u64;
+            for (id, why) in read.refused {
+                t.fail(id, why);
+            }
+            for group in read.groups.into_iter().filter(|g| !g.leads.is_empty()) {
                 let report = match self
                     .engine
-                    .enrich(ws, leads.clone(), RunOptions::default())
+                    .enrich(&group.ws, group.leads.clone(), RunOptions::default())
                     .await
                 {
                     Ok(r) => r,
-                    Err(e) => {
-                        return Outcome::Failed(format!(
-                            "enriching leads {done}..{} of {total}: {e}",
-                            done + chunk.len() as i64
-                        ));
-                    }
+                    Err(e) => return Outcome::Failed(format!("enriching {span}: {e}")),
                 };
                 for l in &report.leads {
                     if l.state == LeadState::Queued {
@@ -590,19 +697,20 @@ impl Workers {
                 }
                 t.values_found += report.totals.values_found as u64;
                 t.credits += report.totals.credits_charged;
-                if let Some(hub) = hub {
-                    match write_back(hub, &leads).await {
-                        Ok(w) => {
-                            t.records_written += w.records;
-                            t.fields_written += w.fields;
-                            t.write_failures += w.failures.len() as u64;
+                match crm.write(&group).await {
+                    Ok(Some(w)) => {
+                        t.records_written += w.records;
+                        t.fields_written += w.fields;
+                        t.write_failures += w.failures.len() as u64;
+                        for (id, why) in w.failures {
+                            t.fail(id, why);
                         }
-                        Err(e) => {
-                            return Outcome::Failed(format!(
-                                "writing leads {done}..{} of {total} back to HubSpot: {e}",
-                                done + chunk.len() as i64
-                            ));
-                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        return e
+                            .context(&format!("writing {span} back to {}", crm.name()))
+                            .outcome();
                     }
                 }
             }
@@ -629,37 +737,18 @@ impl Workers {
         }
     }
 
-    /// The leads among `ids`, as the CRM holds them now (as stored, for a
-    /// workspace without a CRM). Unknown ids are left out.
-    async fn read(
-        &self,
-        ws: &Workspace,
-        hub: Option<&Arc<HubSpot>>,
-        ids: &[LeadId],
-    ) -> Result<Vec<Lead>, String> {
-        match hub {
-            Some(hub) => hub
-                .puller()
-                .by_ids(ids)
-                .await
-                .map_err(|e| format!("reading contacts from HubSpot: {}", hint(&e))),
-            None => self
-                .store
-                .leads_by_ids(&ws.id, ids)
-                .await
-                .map_err(|e| format!("reading stored leads: {e}")),
-        }
-    }
-
     /// The lead ids a selection names, ordered by ICP score (highest first)
     /// when the workspace has a budget and there is more than one chunk, so
-    /// the budget goes to the best leads across the whole job.
+    /// the budget goes to the best leads across the whole job; and notes
+    /// on what the selection left out (a Salesforce object a filter does
+    /// not apply to).
     async fn resolve(
         &self,
-        ws: &Workspace,
-        hub: Option<&Arc<HubSpot>>,
+        ws: &Arc<Workspace>,
+        crm: &Crm,
         selection: &Selection,
-    ) -> Result<Vec<LeadId>, String> {
+    ) -> Result<(Vec<LeadId>, Vec<String>), JobError> {
+        let mut notes = Vec::new();
         let mut scored: Vec<(LeadId, f64)> = match selection {
             Selection::Ids(ids) => {
                 let mut seen = std::collections::BTreeSet::new();
@@ -669,16 +758,24 @@ impl Workers {
                     .map(|i| LeadId(i.clone()))
                     .collect();
                 if ws.budget.is_none() || ids.len() <= CHUNK {
-                    return Ok(ids);
+                    return Ok((ids, notes));
                 }
                 // Scores come with the records: read them once here (the
                 // companies are cached for the second read).
                 let mut scored = Vec::with_capacity(ids.len());
                 for chunk in ids.chunks(READ_BATCH) {
-                    let leads = self.read(ws, hub, chunk).await?;
-                    let found: HashMap<&LeadId, f64> = leads
+                    let read = crm
+                        .read(self.store.as_ref(), ws, chunk)
+                        .await
+                        .map_err(|e| e.context("reading the selected leads' ICP scores"))?;
+                    let found: HashMap<&LeadId, f64> = read
+                        .groups
                         .iter()
-                        .map(|l| (&l.id, l.number(&ws.fields.icp_score).unwrap_or(0.0)))
+                        .flat_map(|g| {
+                            g.leads
+                                .iter()
+                                .map(|l| (&l.id, l.number(&g.ws.fields.icp_score).unwrap_or(0.0)))
+                        })
                         .collect();
                     scored.extend(
                         chunk
@@ -691,7 +788,7 @@ impl Workers {
             Selection::Audience(name) => {
                 let Some(index) = ws.audiences.iter().position(|a| &a.name == name) else {
                     let known: Vec<&str> = ws.audiences.iter().map(|a| a.name.as_str()).collect();
-                    return Err(format!(
+                    return Err(JobError::from(format!(
                         "audience `{name}` is no longer configured in workspace {} (configured: {}); start a new bulk job",
                         ws.id,
                         if known.is_empty() {
@@ -699,7 +796,7 @@ impl Workers {
                         } else {
                             known.join(", ")
                         }
-                    ));
+                    )));
                 };
                 let mut out = Vec::new();
                 let mut after: Option<LeadId> = None;
@@ -708,16 +805,19 @@ impl Workers {
                         .store
                         .lead_page(&ws.id, after.as_ref(), 1_000)
                         .await
-                        .map_err(|e| format!("reading stored leads: {e}"))?;
+                        .map_err(|e| JobError::from(format!("reading stored leads: {e}")))?;
                     let Some(last) = page.last() else { break };
                     after = Some(last.id.clone());
                     let n = page.len();
                     for l in page {
-                        if crate::core::audience::membership(&l, &ws.audiences)
+                        // A Salesforce record through its object's view
+                        // (persona title field, identity names).
+                        let view = crm.view_of(ws, &l.id);
+                        if crate::core::audience::membership(&l, &view.audiences)
                             .audiences
                             .contains(&index)
                         {
-                            let icp = l.number(&ws.fields.icp_score).unwrap_or(0.0);
+                            let icp = l.number(&view.fields.icp_score).unwrap_or(0.0);
                             out.push((l.id, icp));
                         }
                     }
@@ -728,21 +828,16 @@ impl Workers {
                 out
             }
             Selection::Filter(rules) => {
-                let Some(hub) = hub else {
-                    return Err(format!(
-                        "a bulk job by CRM filter needs a CRM, and workspace {} has none; select leads by ids or audience instead",
-                        ws.id
-                    ));
-                };
-                search(hub, ws, rules).await?
+                let (found, skipped) = crm.search(ws, rules).await?;
+                notes = skipped;
+                found
             }
         };
         if ws.budget.is_some() && scored.len() > CHUNK {
             scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         }
-        Ok(scored.into_iter().map(|(id, _)| id).collect())
+        Ok((scored.into_iter().map(|(id, _)| id).collect(), notes))
     }
-
     /// POSTs `{"text": ...}` to the workspace's notification URL, if any.
     /// Never fails the job; never logs the URL.
     async fn notify(&self, ws: &WorkspaceId, text: &str) {
@@ -790,6 +885,9 @@ struct BulkTotals {
     leads: u64,
     /// Selected but not found in the CRM (deleted since, or a wrong id).
     missing: u64,
+    /// Selected but converted Salesforce Leads: never enriched or written.
+    #[serde(skip_serializing_if = "is_zero")]
+    converted: u64,
     /// Run through enrichment (values found or not).
     enriched: u64,
     /// Left queued for budget (highest ICP first got the budget).
@@ -801,6 +899,25 @@ struct BulkTotals {
     records_written: u64,
     fields_written: u64,
     write_failures: u64,
+    /// Per-record failures (record id, reason): the first
+    /// [`MAX_REPORTED_FAILURES`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failures: Vec<Value>,
+    /// What the selection left out and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl BulkTotals {
+    fn fail(&mut self, id: String, why: String) {
+        if self.failures.len() < MAX_REPORTED_FAILURES {
+            self.failures.push(json!({"id": id, "reason": why}));
+        }
+    }
 }
 
 /// What a write-back did.
@@ -808,6 +925,223 @@ struct Written {
     records: u64,
     fields: u64,
     failures: Vec<(String, String)>,
+}
+
+/// Why a job attempt failed, and the time before which retrying is
+/// pointless (a Salesforce org paused by its daily allocation).
+struct JobError {
+    message: String,
+    not_before: Option<i64>,
+}
+
+impl From<String> for JobError {
+    fn from(message: String) -> JobError {
+        JobError {
+            message,
+            not_before: None,
+        }
+    }
+}
+
+impl JobError {
+    fn salesforce(doing: &str, e: &SalesforceError) -> JobError {
+        JobError {
+            message: format!("{doing}: {}", sf_hint(e)),
+            not_before: e.paused_until(),
+        }
+    }
+
+    fn context(self, doing: &str) -> JobError {
+        JobError {
+            message: format!("{doing}: {}", self.message),
+            ..self
+        }
+    }
+
+    fn outcome(self) -> Outcome {
+        match self.not_before {
+            Some(until) => Outcome::Paused {
+                error: self.message,
+                until,
+            },
+            None => Outcome::Failed(self.message),
+        }
+    }
+}
+
+/// The CRM a job reads from and writes back to. The job code is the same
+/// for each; what differs is here.
+enum Crm {
+    HubSpot(Arc<HubSpot>),
+    Salesforce(Arc<SalesforceSync>),
+    /// No CRM: stored leads, nothing written back.
+    Stored,
+}
+
+/// Leads as enrichment must see them: a Salesforce object's records
+/// through that object's view of the workspace (its identity fields).
+struct Group {
+    ws: Arc<Workspace>,
+    /// The Salesforce object, for a Salesforce group.
+    object: Option<SObject>,
+    leads: Vec<Lead>,
+}
+
+/// What a read found: the leads, and the records found but never to be
+/// enriched or written (converted Salesforce Leads) with why.
+struct Read {
+    groups: Vec<Group>,
+    refused: Vec<(String, String)>,
+}
+
+impl Crm {
+    fn name(&self) -> &'static str {
+        match self {
+            Crm::HubSpot(_) => "HubSpot",
+            Crm::Salesforce(_) => "Salesforce",
+            Crm::Stored => "the store",
+        }
+    }
+
+    /// The workspace as enrichment sees lead `id`: a Salesforce record
+    /// through its object's view, anything else as configured.
+    fn view_of(&self, ws: &Arc<Workspace>, id: &LeadId) -> Arc<Workspace> {
+        match self {
+            Crm::Salesforce(sf) => SObject::of_id(id.as_str())
+                .filter(|o| sf.settings.object(*o).is_some())
+                .map_or_else(|| ws.clone(), |o| sf.view(o)),
+            _ => ws.clone(),
+        }
+    }
+
+    /// Why `id` was not found.
+    fn not_found(&self, id: &LeadId) -> String {
+        match self {
+            Crm::HubSpot(_) => "HubSpot has no such contact (deleted, merged or archived?)".into(),
+            Crm::Salesforce(sf) => {
+                let object = SObject::of_id(id.as_str()).filter(|o| sf.settings.object(*o).is_some());
+                match object {
+                    Some(o) => format!(
+                        "Salesforce has no {o} with this Id (deleted, merged, or not visible to the integration user?)"
+                    ),
+                    None => format!(
+                        "`{id}` is not the Id of a record type this workspace syncs ({})",
+                        sf.objects()
+                            .iter()
+                            .map(|o| format!("{o}: {}…", o.id_prefix()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+            }
+            Crm::Stored => "no stored lead has this id (the workspace has no CRM: enrich a file with `enrichd enrich` first)".into(),
+        }
+    }
+
+    /// The leads among `ids`, as the CRM holds them now (as stored, for a
+    /// workspace without a CRM). Unknown ids are left out.
+    async fn read(
+        &self,
+        store: &dyn Store,
+        ws: &Arc<Workspace>,
+        ids: &[LeadId],
+    ) -> Result<Read, JobError> {
+        let one = |leads| Read {
+            groups: vec![Group {
+                ws: ws.clone(),
+                object: None,
+                leads,
+            }],
+            refused: Vec::new(),
+        };
+        match self {
+            Crm::HubSpot(hub) => hub.puller().by_ids(ids).await.map(one).map_err(|e| {
+                JobError::from(format!("reading contacts from HubSpot: {}", hint(&e)))
+            }),
+            Crm::Stored => store
+                .leads_by_ids(&ws.id, ids)
+                .await
+                .map(one)
+                .map_err(|e| JobError::from(format!("reading stored leads: {e}"))),
+            Crm::Salesforce(sf) => {
+                let mut read = Read {
+                    groups: Vec::new(),
+                    refused: Vec::new(),
+                };
+                for object in sf.objects() {
+                    let wanted: Vec<LeadId> = ids
+                        .iter()
+                        .filter(|i| SObject::of_id(i.as_str()) == Some(object))
+                        .cloned()
+                        .collect();
+                    if wanted.is_empty() {
+                        continue;
+                    }
+                    let r = sf.read_by_ids(object, &wanted).await.map_err(|e| {
+                        JobError::salesforce(
+                            &format!("reading {object} records from Salesforce"),
+                            &e,
+                        )
+                    })?;
+                    read.refused.extend(r.converted.into_iter().map(|id| {
+                        let why = format!(
+                            "Lead {id} is converted: a converted Lead is never written (Salesforce refuses updates to it); enrich the Contact it became instead"
+                        );
+                        (id.0, why)
+                    }));
+                    read.groups.push(Group {
+                        ws: sf.view(object),
+                        object: Some(object),
+                        leads: r.leads,
+                    });
+                }
+                Ok(read)
+            }
+        }
+    }
+
+    /// Writes what the mapping decides for the group's leads; `None`
+    /// without a CRM.
+    async fn write(&self, group: &Group) -> Result<Option<Written>, JobError> {
+        match self {
+            Crm::Stored => Ok(None),
+            Crm::HubSpot(hub) => write_back(hub, &group.leads)
+                .await
+                .map(Some)
+                .map_err(JobError::from),
+            Crm::Salesforce(sf) => {
+                let Some(object) = group.object else {
+                    return Ok(None);
+                };
+                let (report, failures) = sf
+                    .write_leads(object, group.leads.clone())
+                    .await
+                    .map_err(|e| JobError::salesforce(&format!("{object} write-back"), &e))?;
+                Ok(Some(Written {
+                    records: report.summary.records_written,
+                    fields: report.summary.fields_written,
+                    failures,
+                }))
+            }
+        }
+    }
+
+    /// The ids (with ICP scores) a filter selects, and notes on what it
+    /// left out.
+    async fn search(
+        &self,
+        ws: &Workspace,
+        rules: &[FilterRule],
+    ) -> Result<(Vec<(LeadId, f64)>, Vec<String>), JobError> {
+        match self {
+            Crm::Stored => Err(JobError::from(format!(
+                "a bulk job by CRM filter needs a CRM, and workspace {} has none; select leads by ids or audience instead",
+                ws.id
+            ))),
+            Crm::HubSpot(hub) => Ok((search(hub, ws, rules).await?, Vec::new())),
+            Crm::Salesforce(sf) => sf_search(sf, rules).await,
+        }
+    }
 }
 
 /// Checks the mapped properties (once per connector), then writes what
@@ -832,6 +1166,74 @@ fn hint(e: &HubSpotError) -> String {
     }
 }
 
+/// The Salesforce error, with what happens to the job and what a person
+/// can do.
+fn sf_hint(e: &SalesforceError) -> String {
+    match e {
+        SalesforceError::Paused {
+            until_text,
+            reason: PauseReason::ShareReached { .. },
+            ..
+        } => format!(
+            "{e}. The job is retried after {until_text}; to let enrichd use more of the org's allocation, raise limits.daily_stop_share under [workspaces.crm]"
+        ),
+        SalesforceError::Paused { until_text, .. } => format!(
+            "{e}. The job is retried after {until_text}; nothing to do unless other integrations keep using up the org's allocation"
+        ),
+        _ if e.needs_a_person() => format!("{e} (the job is retried with backoff until then)"),
+        _ => e.to_string(),
+    }
+}
+
+/// Record Ids (with ICP scores) of the configured Salesforce objects that
+/// a filter selects: the filter as SOQL per object (checked against its
+/// describe), converted Leads excluded, paged by `nextRecordsUrl`.
+async fn sf_search(
+    sf: &SalesforceSync,
+    rules: &[FilterRule],
+) -> Result<(Vec<(LeadId, f64)>, Vec<String>), JobError> {
+    let mut described = Vec::new();
+    for object in sf.objects() {
+        let schema = sf.describe(object).await.map_err(|e| {
+            JobError::salesforce(
+                &format!("describing {object} to check the job's filter"),
+                &e,
+            )
+        })?;
+        described.push((object, schema));
+    }
+    let objects: Vec<(SObject, &CrmSchema)> = described.iter().map(|(o, s)| (*o, &**s)).collect();
+    let plan = salesforce_filter::plan(&objects, rules).map_err(|e| {
+        JobError::from(format!(
+            "the job's filter cannot run on Salesforce: {e}; start a new bulk job with a corrected filter"
+        ))
+    })?;
+    let mut out = Vec::new();
+    for (object, condition) in &plan.queries {
+        let icp = sf.view(*object).fields.icp_score.clone();
+        let schema = objects.iter().find(|(o, _)| o == object).map(|(_, s)| *s);
+        let score = schema
+            .and_then(|s| s.get(&icp))
+            .map(|f| f.name.clone())
+            .filter(|_| crate::crm::salesforce::soql::is_field_name(&icp));
+        let found = sf
+            .query_ids(*object, condition, score.as_deref())
+            .await
+            .map_err(|e| {
+                JobError::salesforce(
+                    &format!("searching {object} records with the job's filter"),
+                    &e,
+                )
+            })?;
+        out.extend(found);
+    }
+    let notes = plan
+        .skipped
+        .into_iter()
+        .map(|(o, why)| format!("{o} records not searched: {why}"))
+        .collect();
+    Ok((out, notes))
+}
 /// Contact ids (with ICP scores) a HubSpot search with `rules` returns:
 /// 200 per page by `hs_object_id` ascending, restarting above the last id
 /// before the 10,000-result cap.
@@ -921,6 +1323,12 @@ fn finished_text(job: &Job, result: &Value) -> String {
         text.push_str(&format!(
             ", {} not found in the CRM",
             thousands(n("missing"))
+        ));
+    }
+    if n("converted") > 0 {
+        text.push_str(&format!(
+            ", {} converted Salesforce Leads not written",
+            thousands(n("converted"))
         ));
     }
     if n("write_failures") > 0 {

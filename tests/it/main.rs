@@ -2,6 +2,7 @@
 //! simulators, real SQLite and PostgreSQL.
 
 mod admin;
+mod admin_salesforce;
 mod budget;
 mod check;
 mod config_errors;

@@ -411,7 +411,14 @@ async fn a_store_failure_is_a_503_and_salesforce_redelivers_the_same_notificatio
     h.sf()
         .human_edit(&lead, &[("LastName", "Changed")], None)
         .expect("edit");
-    h.sf().flush_outbound().await;
+    // The simulator's own loop delivers it (a flush here could race that
+    // delivery and force the retry at once).
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), || {
+            !h.sf().stats().outbound_deliveries.is_empty()
+        })
+        .await
+    );
     let first = h.sf().stats().outbound_deliveries;
     assert_eq!(first.len(), 1, "{first:?}");
     assert_eq!(first[0].status, 503);
@@ -583,8 +590,8 @@ async fn enrichd_run_syncs_salesforce_and_handles_outbound_messages() {
     assert_eq!(status, 401);
     assert_eq!(events(&h, "t").await.len(), recorded);
 
-    // Admin API jobs serve HubSpot workspaces only for now: refused with
-    // what to do instead, and no job is queued.
+    // The admin API's enrich-now serves a Salesforce workspace too: the
+    // Lead is read again and is already enriched (nothing charged).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_enrichd"))
         .arg("--config")
         .arg(&h.config_path)
@@ -596,21 +603,24 @@ async fn enrichd_run_syncs_salesforce_and_handles_outbound_messages() {
     let key = key["key"].as_str().expect("key").to_string();
     let r = reqwest::Client::new()
         .post(format!(
-            "http://127.0.0.1:{port}/v1/workspaces/t/leads/{lead}/enrich"
+            "http://127.0.0.1:{port}/v1/workspaces/t/leads/{lead}/enrich?wait_secs=30"
         ))
         .bearer_auth(&key)
         .send()
         .await
         .expect("admin API");
-    assert_eq!(r.status().as_u16(), 501);
-    let text = r.text().await.unwrap_or_default();
-    assert!(text.contains("sync --once --workspace t"), "{text}");
+    assert_eq!(r.status().as_u16(), 200);
+    let job: serde_json::Value =
+        serde_json::from_str(&r.text().await.unwrap_or_default()).expect("job JSON");
+    assert_eq!(job["state"], "done", "{job}\n{}", d.logs());
+    assert_eq!(job["result"]["found"], true, "{job}");
+    assert_eq!(job["result"]["credits"], 0, "{job}");
     let jobs = h
         .store
         .jobs(&WorkspaceId("t".into()), None, 10)
         .await
         .expect("jobs");
-    assert!(jobs.is_empty(), "{jobs:?}");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
 
     let (status, metrics) = http_get(port, "/metrics").await.expect("metrics");
     assert_eq!(status, 200);

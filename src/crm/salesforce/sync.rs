@@ -22,6 +22,13 @@
 //! was written is recorded, and the watermark does not move, so the next
 //! pass after the pause reads the same records again and finishes them.
 //!
+//! **Admin-API jobs** (`daemon::worker`) use the same connection: records
+//! re-read by Id with converted Leads named ([`SalesforceSync::read_by_ids`]),
+//! a bulk filter's Ids ([`SalesforceSync::query_ids`], paged by
+//! `nextRecordsUrl`), the objects' describes to check a filter
+//! ([`SalesforceSync::describe`], reused ten minutes) and
+//! [`SalesforceSync::write_leads`].
+//!
 //! **Identity.** Salesforce field names differ from the workspace's
 //! defaults (`FirstName`, `Company`, …; a Contact's company is
 //! `Account.Name`). Unless the workspace sets `[workspaces.fields]` itself,
@@ -40,13 +47,16 @@ use crate::clock::Clock;
 use crate::config::crm::{CrmSettings, SalesforceSettings};
 use crate::config::{Settings, Workspace};
 use crate::core::lead::{IdentityFields, Lead, LeadId};
+use crate::crm::schema::CrmSchema;
 use crate::engine::{Engine, RunOptions};
 use crate::store::Store;
 use crate::store::crm::{EventState, WriteOutcome, Written};
 
-use super::client::SalesforceClient;
+use super::client::{Request, SalesforceClient};
 use super::outbound::{OwnChangeRule, event_kind};
 use super::pull::{PageSink, PullReport, Puller};
+use super::records;
+use super::soql;
 use super::write::{self, COLLECTION_MAX, RecordOutcome, WriteItem, WritePath};
 use super::writeback::{self, BULK_JOB_RECORDS, WriteReport};
 use super::{CRM, SObject, SalesforceError};
@@ -57,6 +67,8 @@ const QUEUE_PAGES: usize = 4;
 const WORKERS: usize = 4;
 /// Events handled per round (one SOQL read and one write per round).
 pub const EVENTS_PER_ROUND: usize = 100;
+/// How long a describe is reused by [`SalesforceSync::describe`].
+const DESCRIBE_TTL_MS: i64 = 10 * 60 * 1000;
 
 /// One record's planned write, with the lead as read (to update the stored
 /// copy once written).
@@ -139,6 +151,24 @@ pub struct SalesforceSync {
     views: BTreeMap<SObject, Arc<Workspace>>,
     /// `LIMIT` per pull query (see [`Puller::query_limit`]).
     pub query_limit: Option<u32>,
+    /// Describes fetched by [`SalesforceSync::describe`], with when.
+    described: tokio::sync::Mutex<BTreeMap<SObject, (i64, Arc<CrmSchema>)>>,
+}
+
+/// Records read by Id ([`SalesforceSync::read_by_ids`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReadByIds {
+    /// The records as leads (converted Leads left out).
+    pub leads: Vec<Lead>,
+    /// Converted Leads among the Ids: never enriched or written.
+    pub converted: Vec<LeadId>,
+}
+
+fn soql_err(e: &soql::SoqlError) -> SalesforceError {
+    SalesforceError::Decode {
+        endpoint: "SOQL".into(),
+        message: format!("{e} (check the job's filter, [workspaces.crm] fields and the mapping)"),
+    }
 }
 
 fn engine_err(e: impl std::fmt::Display) -> SalesforceError {
@@ -188,6 +218,7 @@ impl SalesforceSync {
             clock,
             views,
             query_limit: None,
+            described: tokio::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -223,6 +254,162 @@ impl SalesforceSync {
             dry_run: true,
             ..self.puller(object)
         }
+    }
+
+    /// Reads records of `object` by Id, fresh (SOQL `Id IN (…)`, 200 Ids
+    /// per query, `nextRecordsUrl` followed), through the client and so its
+    /// daily-budget gate. Unlike [`Puller::by_ids`], converted Leads are
+    /// named rather than silently left out. Ids of another object or not
+    /// record Ids are ignored; Ids not found are simply absent.
+    pub async fn read_by_ids(
+        &self,
+        object: SObject,
+        ids: &[LeadId],
+    ) -> Result<ReadByIds, SalesforceError> {
+        let fields = self.puller(object).fields()?;
+        let ids: Vec<&str> = ids
+            .iter()
+            .map(LeadId::as_str)
+            .filter(|i| SObject::of_id(i) == Some(object) && super::is_record_id(i))
+            .collect();
+        let mut out = ReadByIds::default();
+        for chunk in ids.chunks(soql::MAX_IDS_PER_QUERY) {
+            let q = soql::by_ids(object, &fields, chunk).map_err(|e| soql_err(&e))?;
+            let mut path = soql::query_path(&q, false);
+            loop {
+                let answer = self.client.call(Request::get(path.clone())).await?;
+                let page = records::parse_query_page(&answer.body, object).map_err(|e| {
+                    SalesforceError::Decode {
+                        endpoint: answer.endpoint.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                for r in &page.records {
+                    match r.to_lead() {
+                        Some(l) => out.leads.push(l),
+                        None => out.converted.push(LeadId(r.id.clone())),
+                    }
+                }
+                match page.next_records_url {
+                    Some(n) => path = n,
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The Ids (with the value of `score_field`, 0 without) of the records
+    /// of `object` matching `condition`, a SOQL condition the caller built
+    /// from checked names and escaped literals (never text from outside as
+    /// is). Converted Leads are excluded (`IsConverted = false`). Read in
+    /// `Id` order through `nextRecordsUrl` with the configured batch size;
+    /// an expired cursor restarts strictly after the last Id read.
+    pub async fn query_ids(
+        &self,
+        object: SObject,
+        condition: &str,
+        score_field: Option<&str>,
+    ) -> Result<Vec<(LeadId, f64)>, SalesforceError> {
+        let fields = soql::select_fields(object, score_field).map_err(|e| soql_err(&e))?;
+        let mut out: Vec<(LeadId, f64)> = Vec::new();
+        let mut after: Option<String> = None;
+        // Where the last restart began: a cursor that expires again before
+        // anything new was read stops the search instead of looping.
+        let mut restarted_at: Option<Option<String>> = None;
+        'query: loop {
+            let mut conditions = vec![format!("({condition})")];
+            if object == SObject::Lead {
+                conditions.push("IsConverted = false".into());
+            }
+            if let Some(a) = &after {
+                conditions.push(format!(
+                    "Id > {}",
+                    soql::quote(a).map_err(|e| soql_err(&e))?
+                ));
+            }
+            let q = format!(
+                "SELECT {} FROM {} WHERE {} ORDER BY Id ASC",
+                fields.join(", "),
+                object.as_str(),
+                conditions.join(" AND ")
+            );
+            let mut path = soql::query_path(&q, false);
+            let mut first = true;
+            loop {
+                let (name, value) = soql::query_options_header(self.settings.query_batch_size);
+                let answer = match self
+                    .client
+                    .call(Request::get(path.clone()).header(name, value))
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(e)
+                        if !first
+                            && e.failure().is_some_and(|f| {
+                                f.code.as_deref() == Some("INVALID_QUERY_LOCATOR")
+                            }) =>
+                    {
+                        if restarted_at.as_ref() == Some(&after) {
+                            return Err(e);
+                        }
+                        restarted_at = Some(after.clone());
+                        continue 'query;
+                    }
+                    Err(e) => return Err(e),
+                };
+                first = false;
+                let page = records::parse_query_page(&answer.body, object).map_err(|e| {
+                    SalesforceError::Decode {
+                        endpoint: answer.endpoint.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                for s in &page.skipped {
+                    tracing::warn!(object = %object, id = s.id.as_deref().unwrap_or("-"), reason = %s.reason, "Salesforce record set aside");
+                }
+                for r in &page.records {
+                    if after.as_deref().is_none_or(|a| r.id.as_str() > a) {
+                        after = Some(r.id.clone());
+                    }
+                    if r.converted {
+                        continue;
+                    }
+                    let score = score_field
+                        .and_then(|f| r.fields.get(f))
+                        .and_then(|v| match v {
+                            serde_json::Value::Number(n) => n.as_f64(),
+                            serde_json::Value::String(s) => s.trim().parse().ok(),
+                            _ => None,
+                        })
+                        .unwrap_or(0.0);
+                    out.push((LeadId(r.id.clone()), score));
+                }
+                match page.next_records_url {
+                    Some(n) => path = n,
+                    None => break 'query,
+                }
+            }
+        }
+        // A restart after an expired cursor may meet a record again.
+        let mut seen = BTreeSet::new();
+        out.retain(|(id, _)| seen.insert(id.clone()));
+        Ok(out)
+    }
+
+    /// The describe of `object` (`GET /sobjects/{object}/describe`, through
+    /// the client), reused for ten minutes.
+    pub async fn describe(&self, object: SObject) -> Result<Arc<CrmSchema>, SalesforceError> {
+        let now = self.clock.now();
+        let mut cache = self.described.lock().await;
+        if let Some((at, schema)) = cache.get(&object)
+            && now.saturating_sub(*at) < DESCRIBE_TTL_MS
+        {
+            return Ok(schema.clone());
+        }
+        let schema = Arc::new(self.client.describe(object).await?);
+        cache.insert(object, (now, schema.clone()));
+        Ok(schema)
     }
 
     /// One pass over every configured object. An error (a pause included)
@@ -476,7 +663,7 @@ impl SalesforceSync {
             .collect::<Vec<_>>();
         let run = match path {
             WritePath::Collections => writeback::write_collections(&self.client, pending).await,
-            WritePath::Bulk => writeback::write_bulk(&self.client, pending).await,
+            WritePath::Bulk => writeback::write_bulk_on(&self.client, pending, &*self.clock).await,
         };
         let mut error = run.error;
         let failures = match self.record(run.outcomes, leads).await {
