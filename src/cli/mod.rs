@@ -50,8 +50,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Enrich the leads in a CSV, JSON or JSON Lines file.
     Enrich(EnrichArgs),
-    /// Run enrichd end to end against local simulators of HubSpot and the
-    /// providers, on a fresh SQLite file: connect, sync, a webhook, a report.
+    /// Run enrichd end to end against local simulators of HubSpot (or
+    /// Salesforce with --crm salesforce) and the providers, on a fresh
+    /// SQLite file: connect, sync, change notifications, a report.
     Demo(demo::DemoArgs),
     /// Connect a workspace to its CRM (OAuth in the browser, or a private-app token).
     Connect(crm::ConnectArgs),

@@ -10,6 +10,7 @@ mod crash;
 mod daemon;
 mod db;
 mod demo;
+mod demo_salesforce;
 mod exactly_once;
 mod failures;
 mod fullenrich;

@@ -145,9 +145,15 @@ impl Puller {
             for c in &a.conditions {
                 extra.push(c.field.clone());
             }
+            // A persona's fields only when it filters on them (the default
+            // seniority field is HubSpot's, which no Salesforce object has).
             if let Some(p) = &a.persona {
-                extra.push(p.title_field.clone());
-                extra.push(p.seniority_field.clone());
+                if !p.titles.is_empty() {
+                    extra.push(p.title_field.clone());
+                }
+                if !p.seniorities.is_empty() {
+                    extra.push(p.seniority_field.clone());
+                }
             }
         }
         extra.retain(|f| soql::is_field_name(f));

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::hash::H;
-use crate::population::{Population, human_phone};
+use crate::population::{Person, Population, human_phone};
 
 /// A sales rep (user ids are assigned in order after the integration user, `005…1`).
 #[derive(Clone, Debug)]
@@ -61,6 +61,10 @@ pub struct SeedSpec {
     pub shared_modstamp: usize,
     /// This many Leads (the last ones) are in the recycle bin.
     pub deleted_leads: usize,
+    /// Leads also carry the company's `Website` (`https://www.<domain>`),
+    /// `NumberOfEmployees` and `ICP_Score__c` ([`SalesforceData::lead_firmographics`]): what
+    /// audiences filter on and providers match by (the demo's org).
+    pub lead_firmographics: bool,
 }
 
 impl Default for SeedSpec {
@@ -73,6 +77,7 @@ impl Default for SeedSpec {
             phone_share: 0.1,
             shared_modstamp: 0,
             deleted_leads: 0,
+            lead_firmographics: false,
         }
     }
 }
@@ -97,6 +102,18 @@ impl SeedSpec {
 }
 
 impl SalesforceData {
+    /// A person's company `Website` (`https://www.<domain>`),
+    /// `NumberOfEmployees` and `ICP_Score__c` as Lead fields (text values, as
+    /// [`SeedRecord::fields`] and [`crate::salesforce::SalesforceSim::create_record`]
+    /// take them).
+    pub fn lead_firmographics(p: &Person) -> Vec<(String, String)> {
+        vec![
+            ("Website".into(), format!("https://www.{}", p.domain)),
+            ("NumberOfEmployees".into(), p.employees.to_string()),
+            ("ICP_Score__c".into(), p.icp_score.to_string()),
+        ]
+    }
+
     /// Four sales reps; one Lead per person `0..leads`, one Contact per person after that:
     /// FirstName, LastName, Title, Company (Lead) / MailingCountry (Contact), Country (Lead),
     /// LeadSource, Status (Lead), Email for `email_share`, Phone for `phone_share`, owned
@@ -169,6 +186,9 @@ impl SalesforceData {
                     .to_string(),
                 ),
             ];
+            if spec.lead_firmographics {
+                f.extend(Self::lead_firmographics(p));
+            }
             if h.s("email").unit() < spec.email_share {
                 f.push(("Email".into(), p.work_email.clone()));
             }
