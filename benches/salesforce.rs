@@ -25,9 +25,23 @@
 //!    Leads, a work email is stored for each, and the measured pass is pull
 //!    + write-back of those.
 //!
+//! 3. **Daily allocation binding**: a `--daily-leads` (100,000) Lead org
+//!    whose allocation (`--daily-allocation`, 300 calls per rolling 24 h)
+//!    is smaller than one pass needs (50 query pages + 500 Collections
+//!    calls): each simulated day a `full` pass writes every Lead's status
+//!    until the client's gate stops it at the stop share (80%); then the
+//!    simulator's and enrichd's clocks move 24 h and the next day's pass
+//!    goes on. Per day: calls in the window against the allocation. Targets:
+//!    no day above the stop share plus the writes already in flight, zero
+//!    403 REQUEST_LIMIT_EXCEEDED, every Lead written exactly once, and no
+//!    more days than the minimum (each day re-reads the query pages, as a
+//!    pass commits only when it finishes).
+//!
 //! Run: `cargo bench --bench salesforce [-- --leads 100000 --latency-ms 75
 //! --pull-leads 10000 --reps 5 --no-enrich --bulk-threshold 2000
-//! --daily-limit 100000 --bulk-delay-ms 30 --skip-pull --skip-backfill]`.
+//! --daily-limit 100000 --bulk-delay-ms 30 --daily-leads 100000
+//! --daily-allocation 300 --daily-latency-ms 20 --skip-pull --skip-backfill
+//! --skip-daily]`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -37,7 +51,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use enrichd::clock::{Clock, SystemClock};
+use enrichd::clock::{Clock, ManualClock, SystemClock};
 use enrichd::config::crm::CrmSettings;
 use enrichd::config::{Settings, Workspace};
 use enrichd::core::channel::Channel;
@@ -61,6 +75,7 @@ const TAP_SECS: f64 = 4.3;
 const TAP_QUERY_CALLS: u64 = 5;
 const SPEEDUP: f64 = 4.0;
 const PAGE: u64 = 2_000;
+const DAY_MS: i64 = 24 * 3_600_000 + 60_000;
 const COLLECTION: u64 = 200;
 /// Bulk API 2.0 calls a job takes at least: create, upload, close, one poll.
 const BULK_JOB_CALLS: u64 = 4;
@@ -192,7 +207,12 @@ struct Conn {
     engine: Option<Arc<Engine>>,
 }
 
-async fn connect(sim: &Sim, providers: &[(&str, SimServer)], bulk_threshold: Option<u64>) -> Conn {
+async fn connect(
+    sim: &Sim,
+    providers: &[(&str, SimServer)],
+    bulk_threshold: Option<u64>,
+    clock: Arc<dyn Clock>,
+) -> Conn {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("mappings")).expect("mappings");
     std::fs::copy(
@@ -291,7 +311,6 @@ max_retries = 3
     )
     .await
     .expect("connect");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let sync = SalesforceSync::open(&settings, &ws, store.clone(), clock.clone())
         .expect("open")
         .expect("salesforce");
@@ -372,7 +391,7 @@ async fn pull_only(bin: &Path, leads: usize, reps: usize, seed: u64) -> PullOutc
             "0".into(),
         ],
     );
-    let c = connect(&sim, &[], None).await;
+    let c = connect(&sim, &[], None, Arc::new(SystemClock)).await;
     let mut runs = Vec::new();
     for rep in 0..reps {
         sim.reset().await;
@@ -505,7 +524,13 @@ async fn backfill(
             providers.push((account, s));
         }
     }
-    let c = connect(&sim, &providers, opt("--bulk-threshold")).await;
+    let c = connect(
+        &sim,
+        &providers,
+        opt("--bulk-threshold"),
+        Arc::new(SystemClock),
+    )
+    .await;
     let engine = c.engine.clone();
     if !enrich {
         // Store the Leads (a pull-only pass), then a work email for each,
@@ -570,6 +595,200 @@ async fn backfill(
         stats,
         setup_secs,
     }
+}
+
+impl Sim {
+    async fn advance(&self, ms: i64) {
+        self.http
+            .post(format!("{}/_sim/clock/advance", self.s("instance_url")))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "ms": ms }).to_string())
+            .send()
+            .await
+            .expect("advance");
+    }
+    /// Calls counted in the org's rolling 24 h window.
+    async fn used_today(&self) -> u64 {
+        let r = self
+            .http
+            .get(format!("{}/_sim/limits", self.s("instance_url")))
+            .send()
+            .await
+            .expect("limits");
+        let v: Value =
+            serde_json::from_slice(&r.bytes().await.expect("limits body")).expect("limits json");
+        v["used"].as_u64().unwrap_or_default()
+    }
+}
+
+/// One simulated day of a pass the daily allocation stops.
+struct Day {
+    calls: u64,
+    written: u64,
+    outcome: String,
+}
+
+struct DailyOutcome {
+    leads: usize,
+    allocation: u64,
+    stop_share: f64,
+    days: Vec<Day>,
+    stats: SalesforceStats,
+    written_once: u64,
+}
+
+/// A Lead org whose write-back needs several days of its allocation: each
+/// day a pass (`full`, write-back of every Lead's status through
+/// Collections) runs until the client's gate stops it at the stop share;
+/// then the simulator's and enrichd's clocks move 24 h and the next day's
+/// pass continues. Nothing may be refused (403) and every Lead must be
+/// written exactly once in the end.
+async fn daily_bound(bin: &Path, leads: usize, allocation: u64, seed: u64) -> DailyOutcome {
+    let sim = Sim::start(
+        bin,
+        &[
+            "--leads".into(),
+            leads.to_string(),
+            "--contacts".into(),
+            "0".into(),
+            "--converted-share".into(),
+            "0".into(),
+            "--seed".into(),
+            seed.to_string(),
+            "--latency-ms".into(),
+            arg("--daily-latency-ms", 20).to_string(),
+            "--daily-limit".into(),
+            allocation.to_string(),
+        ],
+    );
+    let clock = ManualClock::new(chrono::Utc::now().timestamp_millis());
+    // Collections only: the allocation, not Bulk's batch count, binds.
+    let c = connect(&sim, &[], Some(10_000_000), Arc::new(clock.clone())).await;
+    let stop_share = enrichd::crm::salesforce::limits::BudgetPolicy::default().stop_share;
+    // The connect flow's calls are yesterday's.
+    sim.advance(DAY_MS).await;
+    clock.advance(DAY_MS);
+    sim.reset().await;
+    let mut days = Vec::new();
+    loop {
+        if days.len() >= 30 {
+            break;
+        }
+        let before = c
+            .store
+            .write_outcomes(&c.ws.id)
+            .await
+            .expect("outcomes")
+            .len() as u64;
+        let r = c
+            .sync
+            .sync(
+                None,
+                SyncOptions {
+                    full: true,
+                    enrich: false,
+                    write: true,
+                },
+            )
+            .await;
+        let after = c
+            .store
+            .write_outcomes(&c.ws.id)
+            .await
+            .expect("outcomes")
+            .len() as u64;
+        let outcome = match &r {
+            Ok(_) => "finished".to_string(),
+            Err(e) if e.paused_until().is_some() => "stopped for the day".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        days.push(Day {
+            calls: sim.used_today().await,
+            written: after - before,
+            outcome,
+        });
+        if r.is_ok() || !matches!(&r, Err(e) if e.paused_until().is_some()) {
+            break;
+        }
+        sim.advance(DAY_MS).await;
+        clock.advance(DAY_MS);
+    }
+    let stats = sim.stats().await;
+    let written_once = c
+        .store
+        .write_outcomes(&c.ws.id)
+        .await
+        .expect("outcomes")
+        .iter()
+        .filter(|o| o.state == "done")
+        .count() as u64;
+    drop(c);
+    sim.stop();
+    DailyOutcome {
+        leads,
+        allocation,
+        stop_share,
+        days,
+        stats,
+        written_once,
+    }
+}
+
+fn print_daily(d: &DailyOutcome) {
+    let st = &d.stats;
+    let n = d.leads as u64;
+    let stop_at = (d.allocation as f64 * d.stop_share).floor() as u64;
+    // Per day the query pages are read again (the pass commits only when
+    // it finishes), then as many Collections calls as the day allows.
+    let pages = n.div_ceil(PAGE);
+    let writes = n.div_ceil(COLLECTION);
+    let per_day_writes = stop_at.saturating_sub(pages).max(1);
+    let min_days = writes.div_ceil(per_day_writes);
+    println!();
+    println!(
+        "## Daily allocation binding: {} Leads, allocation {} calls per 24 h, stop share {} ({} calls), Collections only",
+        d.leads, d.allocation, d.stop_share, stop_at
+    );
+    println!();
+    println!("| day | calls in the 24 h window | share of the allocation | Leads written | pass |");
+    println!("|---|---|---|---|---|");
+    for (i, day) in d.days.iter().enumerate() {
+        println!(
+            "| {} | {} | {:.1}% | {} | {} |",
+            i + 1,
+            day.calls,
+            100.0 * day.calls as f64 / d.allocation as f64,
+            day.written,
+            day.outcome
+        );
+    }
+    let max_day = d.days.iter().map(|x| x.calls).max().unwrap_or(0);
+    let limit_errors = st.limit_exceeded_daily + st.limit_exceeded_concurrent;
+    let finished = d.days.last().is_some_and(|x| x.outcome == "finished");
+    println!();
+    println!("| measure | enrichd | target | |");
+    println!("|---|---|---|---|");
+    println!(
+        "| days to finish | {} | {min_days} (each day {pages} query pages again, then {per_day_writes} of the {writes} Collections calls) | {} |",
+        d.days.len(),
+        verdict(finished && d.days.len() as u64 <= min_days)
+    );
+    println!(
+        "| most calls in one day | {max_day} ({:.1}%) | ≤ {stop_at} + calls already in flight at the stop (4 writers), < {} | {} |",
+        100.0 * max_day as f64 / d.allocation as f64,
+        d.allocation,
+        verdict(max_day <= stop_at + 4 && max_day < d.allocation)
+    );
+    println!(
+        "| limit errors (403 REQUEST_LIMIT_EXCEEDED) | {limit_errors} | 0 | {} |",
+        verdict(limit_errors == 0)
+    );
+    println!(
+        "| Leads written once / records sent | {} / {} | {n} / {n} | {} |",
+        d.written_once,
+        st.collection_records,
+        verdict(d.written_once == n && st.collection_records == n)
+    );
 }
 
 fn print_pull(p: &PullOutcome) {
@@ -749,5 +968,14 @@ fn main() {
             seed,
         ));
         print_backfill(&b);
+    }
+    if !flag("--skip-daily") {
+        let d = rt.block_on(daily_bound(
+            &bin,
+            arg("--daily-leads", 100_000) as usize,
+            arg("--daily-allocation", 300),
+            seed,
+        ));
+        print_daily(&d);
     }
 }
