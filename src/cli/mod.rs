@@ -171,7 +171,13 @@ pub async fn main(cli: Cli) -> ExitCode {
 async fn run(config: &Path) -> Result<(), CliError> {
     use crate::daemon::DaemonError;
     let settings = Arc::new(Settings::load(config, &EnvSecrets)?);
-    let store = crate::store::open(&settings.storage_url).await?;
+    // SQLite: one `enrichd run` per file, the lock held until this returns
+    // (other commands take none: store::lockfile). PostgreSQL: no lock;
+    // replicas migrate under sqlx's advisory lock.
+    let (store, single_process) = crate::store::open_exclusive(&settings.storage_url).await?;
+    if let Some(lock) = &single_process {
+        tracing::info!(lock = %lock.path().display(), "holding the SQLite single-process lock");
+    }
     store.migrate().await?;
     let daemon_err = |e: DaemonError| match e {
         DaemonError::NoListen { .. } => CliError::Usage(e.to_string()),

@@ -22,6 +22,7 @@ use crate::core::value::{ChannelValue, UnixMillis};
 pub mod crm;
 pub mod jobs;
 pub mod keys;
+pub mod lockfile;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -45,6 +46,9 @@ pub enum StoreError {
     },
     #[error("unsupported database URL `{0}`: use sqlite://<file> or postgres://<user>@<host>/<db>")]
     UnsupportedUrl(String),
+    /// `enrichd run`'s single-process lock of a SQLite file (see [`lockfile`]).
+    #[error("{0}")]
+    Locked(#[from] lockfile::LockError),
 }
 
 impl StoreError {
@@ -443,6 +447,27 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }
+}
+
+/// Opens the store for `enrichd run`, the one long-lived process: as
+/// [`open`], but a SQLite file is first locked for this process
+/// ([`lockfile::ProcessLock`], before the store is opened or migrated), so a
+/// second `enrichd run` on the same file fails at once with
+/// [`StoreError::Locked`]. Keep the returned lock for the process's life.
+/// In-memory SQLite and PostgreSQL (where replicas share one database) take
+/// no lock.
+pub async fn open_exclusive(
+    url: &str,
+) -> Result<(std::sync::Arc<dyn Store>, Option<lockfile::ProcessLock>), StoreError> {
+    let lock = if url.starts_with("sqlite:") {
+        match sqlite::database_file(url)? {
+            Some(db) => Some(lockfile::ProcessLock::acquire(&db)?),
+            None => None,
+        }
+    } else {
+        None
+    };
+    Ok((open(url).await?, lock))
 }
 
 /// Migrations of `migrator` whose version is not in `applied`.

@@ -40,8 +40,17 @@
 //!   follow op order): PostgreSQL then aborts one of them and `apply` reruns
 //!   it (the whole transaction was rolled back, so rerunning is exact), as it
 //!   does on a serialization failure.
-//! * Migrations run under sqlx's advisory lock, so replicas may all call
-//!   `migrate` at start-up.
+//! * **Migrations.** Replicas may all call `migrate` at start-up: sqlx's
+//!   `Migrator` (locking on, its default) takes the session advisory lock
+//!   `pg_advisory_lock(0x3d32ad9e * crc32(current_database()))` before it
+//!   reads `_sqlx_migrations`, and each migration commits in one transaction
+//!   with its `_sqlx_migrations` row; the others wait on the lock, then find
+//!   every version applied and do nothing. The key covers the whole
+//!   database, so stores in different schemas of one database (the tests'
+//!   schema per test) migrate one after the other, which is safe. The
+//!   migrator runs on a connection of its own that is closed afterwards (see
+//!   `migrate`). Session advisory locks do not survive PgBouncer's
+//!   transaction pooling: migrate through a direct connection there.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -868,9 +877,24 @@ async fn release_reserved(
 }
 
 impl Store for PgStore {
+    /// Safe to run from every replica at once: see the module doc.
     fn migrate(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            MIGRATOR.run(&self.pool).await?;
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(StoreError::db("connect to migrate"))?;
+            // sqlx's advisory lock is a session lock, and a failed migration
+            // returns without unlocking: this connection is closed, never
+            // handed back to the pool, so the lock ends with it whatever
+            // happens (error, or this future dropped midway).
+            conn.close_on_drop();
+            // `run_direct` is what `run` calls once it holds a connection
+            // (`run` itself trips "Acquire is not general enough" here).
+            let result = MIGRATOR.run_direct(None, &mut *conn, false).await;
+            let _ = conn.close().await;
+            result?;
             Ok(())
         })
     }

@@ -202,6 +202,23 @@ INSERT INTO reservations
 VALUES ($1, $2, $3, $3, $4, 'open', $5, CAST(unixepoch('subsec') * 1000 AS INTEGER))
 RETURNING id";
 
+/// Whether a `sqlite:` URL names an in-memory database (no file).
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// The database file a `sqlite:` URL names, as [`SqliteStore::open`] reads
+/// it; `None` for an in-memory database. Used for `enrichd run`'s
+/// single-process lock (`store::lockfile`).
+pub fn database_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    if is_in_memory(url) {
+        return Ok(None);
+    }
+    let options =
+        SqliteConnectOptions::from_str(url).map_err(StoreError::db("parse sqlite url"))?;
+    Ok(Some(options.get_filename().to_path_buf()))
+}
+
 pub struct SqliteStore {
     /// Readers (WAL: they run alongside the writer).
     pub(crate) pool: SqlitePool,
@@ -220,7 +237,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let in_memory = is_in_memory(url);
         if !in_memory
             && let Some(dir) = options.get_filename().parent()
             && !dir.as_os_str().is_empty()

@@ -19,6 +19,7 @@ mod jobs;
 mod metrics;
 mod misc;
 mod preview;
+mod replicas;
 mod salesforce;
 mod salesforce_edges;
 mod salesforce_outbound;
