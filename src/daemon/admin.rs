@@ -732,15 +732,43 @@ async fn preview(
             r#"{"audience": "<name>", "ids": ["51"], "limit": 100, "estimate": true, "changes_only": false}"#,
         )?
     };
-    let Some(CrmSettings::HubSpot(h)) = &ws.crm else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no_crm",
-            format!(
-                "{route}: workspace {} has no CRM, so nothing would be written back; add a [workspaces.crm] section to the config",
-                ws.id
+    // The mapping writes go through, and the workspace as enrichment sees
+    // it: a Salesforce workspace through its first object's view (its
+    // identity fields are that object's field names), as a sync pass and
+    // `enrichd preview` see it.
+    let (view, mapping, mapping_file) = match &ws.crm {
+        Some(CrmSettings::HubSpot(h)) => (
+            ws.clone(),
+            h.mapping.clone(),
+            h.mapping_file.display().to_string(),
+        ),
+        Some(CrmSettings::Salesforce(s)) => match s.objects.first() {
+            Some(o) => (
+                crate::crm::salesforce::sync::object_workspace(&ws, s, o.object),
+                o.mapping.clone(),
+                o.mapping_file.display().to_string(),
             ),
-        ));
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "no_mapping",
+                    format!(
+                        "{route}: workspace {} maps no Salesforce object, so nothing would be written back; add a mapping to its [workspaces.crm] section",
+                        ws.id
+                    ),
+                ));
+            }
+        },
+        None => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no_crm",
+                format!(
+                    "{route}: workspace {} has no CRM, so nothing would be written back; add a [workspaces.crm] section to the config",
+                    ws.id
+                ),
+            ));
+        }
     };
     let limit = raw.limit.unwrap_or(PREVIEW_DEFAULT_LIMIT);
     if limit == 0 || limit > PREVIEW_MAX_LIMIT {
@@ -766,12 +794,11 @@ async fn preview(
         },
         estimate: raw.estimate,
     };
-    let mapping_file = h.mapping_file.display().to_string();
     let p = preview_stored(
         Scope {
             settings: &a.settings,
-            ws: &ws,
-            mapping: &h.mapping,
+            ws: &view,
+            mapping: &mapping,
             mapping_file: &mapping_file,
             store: &*a.store,
             now: a.clock.now(),

@@ -7,7 +7,8 @@
 //! SOQL selects with progress to the total, a bulk job by ids reporting a
 //! converted Lead per record, a bulk job by audience over the stored Leads,
 //! filters SOQL cannot express refused with a 400 saying what and where (no
-//! job queued), and an org whose daily allocation is used up failing the
+//! job queued), a preview in the mapping's Salesforce fields that changes
+//! nothing, and an org whose daily allocation is used up failing the
 //! attempt with what happens next and a retry no earlier than the pause.
 
 use std::collections::BTreeSet;
@@ -497,4 +498,34 @@ async fn a_paused_org_fails_the_job_with_what_happens_and_retries_after_the_paus
         "{job}"
     );
     assert!(enrichd_writes(h, &lead).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_preview_shows_salesforce_fields_and_changes_nothing() {
+    let s = setup().await;
+    let st = s.h.sf().stats();
+    let ledger = s.h.store.ledger(&s.h.ws.id).await.expect("ledger");
+    let (status, p) = s
+        .post("/v1/workspaces/t/preview", json!({"limit": 5}))
+        .await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["records"], "stored", "{p}");
+    assert_eq!(p["crm"], "salesforce", "{p}");
+    assert_eq!(p["object"], "Lead", "{p}");
+    let leads = p["leads"].as_array().expect("leads");
+    assert_eq!(leads.len(), 5, "{p}");
+    // Stored but not yet enriched or written: each would get its status,
+    // in the Salesforce field the mapping names.
+    let fields: BTreeSet<String> = leads
+        .iter()
+        .flat_map(|l| l["fields"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f["field"].as_str().map(str::to_string))
+        .collect();
+    assert!(fields.contains("Enrichment_Status__c"), "{fields:?}");
+    // Reads only: nothing written to Salesforce, nothing charged.
+    let after = s.h.sf().stats();
+    assert_eq!(after.collection_calls, st.collection_calls);
+    assert_eq!(after.bulk_jobs, st.bulk_jobs);
+    assert_eq!(s.h.store.ledger(&s.h.ws.id).await.expect("ledger"), ledger);
+    drop(s.d);
 }
