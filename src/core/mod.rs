@@ -6,6 +6,7 @@ pub mod audience;
 pub mod channel;
 pub mod jobs;
 pub mod lead;
+pub mod lease;
 pub mod ledger;
 pub mod mapping;
 pub mod outcome;

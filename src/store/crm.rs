@@ -264,7 +264,7 @@ const SELECT_SYNC: &str = "\
 SELECT watermark, backfill_done, last_sync_at, last_error
 FROM crm_sync WHERE workspace = $1 AND crm = $2 AND object = $3";
 
-const UPSERT_SYNC: &str = "\
+pub(super) const UPSERT_SYNC: &str = "\
 INSERT INTO crm_sync (workspace, crm, object, watermark, backfill_done, last_sync_at, last_error)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (workspace, crm, object) DO UPDATE SET
@@ -340,13 +340,13 @@ WHERE workspace = $1 GROUP BY COALESCE(enrichment_status, 'none') ORDER BY 1";
 /// Ids per statement for the batched reads.
 const IDS_PER_QUERY: usize = 500;
 
-const UPSERT_WRITTEN: &str = "\
+pub(super) const UPSERT_WRITTEN: &str = "\
 INSERT INTO crm_written (workspace, lead_id, field, value, written_at)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (workspace, lead_id, field) DO UPDATE SET
     value = excluded.value, written_at = excluded.written_at";
 
-const UPSERT_WRITE_OUTCOME: &str = "\
+pub(super) const UPSERT_WRITE_OUTCOME: &str = "\
 INSERT INTO crm_writes (workspace, lead_id, state, reason, attempts, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (workspace, lead_id) DO UPDATE SET

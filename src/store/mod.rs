@@ -22,6 +22,7 @@ use crate::core::value::{ChannelValue, UnixMillis};
 pub mod crm;
 pub mod jobs;
 pub mod keys;
+pub mod lease;
 pub mod lockfile;
 pub mod postgres;
 mod sql;
@@ -49,6 +50,17 @@ pub enum StoreError {
     /// `enrichd run`'s single-process lock of a SQLite file (see [`lockfile`]).
     #[error("{0}")]
     Locked(#[from] lockfile::LockError),
+    /// A fenced write (see [`lease`]) under a lease this holder no longer
+    /// has: nothing was written.
+    #[error(
+        "write refused: lease `{name}` is no longer held by `{holder}` with token {token} ({why}); nothing was written. This replica lost the work the lease guards: stop it, and acquire the lease again before writing"
+    )]
+    Fenced {
+        name: String,
+        holder: String,
+        token: i64,
+        why: lease::FenceReason,
+    },
 }
 
 impl StoreError {
@@ -324,7 +336,9 @@ pub struct Totals {
 }
 
 /// Durable state. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
-pub trait Store: crm::CrmStore + jobs::JobStore + keys::KeyStore + Send + Sync + 'static {
+pub trait Store:
+    crm::CrmStore + jobs::JobStore + keys::KeyStore + lease::LeaseStore + Send + Sync + 'static
+{
     /// Applies the embedded migrations (idempotent; safe for replicas
     /// starting together on PostgreSQL).
     fn migrate(&self) -> StoreFuture<'_, ()>;

@@ -16,6 +16,7 @@ mod failures;
 mod fullenrich;
 mod hubspot;
 mod jobs;
+mod leases;
 mod metrics;
 mod misc;
 mod preview;
