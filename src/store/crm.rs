@@ -480,6 +480,52 @@ fn corrupt(table: &'static str, message: String) -> StoreError {
 /// Implements [`CrmStore`] for a backend: `$read` is the pool reads use,
 /// `$write` the pool (or single writer connection) writes use; the two
 /// batched reads take the backend's statement (JSON expansion differs).
+/// The `crm_sync` upsert of a [`SyncState`], bound alike on both backends
+/// (the plain and the fenced save run it).
+macro_rules! sync_state_query {
+    ($ws:expr, $crm:expr, $object:expr, $state:expr) => {
+        sqlx::query($crate::store::crm::UPSERT_SYNC)
+            .bind($ws.as_str())
+            .bind($crm)
+            .bind($object)
+            .bind($state.watermark)
+            .bind($state.backfill_done)
+            .bind($state.last_sync_at)
+            .bind($state.last_error.as_deref())
+    };
+}
+
+/// Records written values and write outcomes in the transaction `$tx`
+/// (the plain and the fenced `record_writes` run it).
+macro_rules! record_writes_in {
+    ($tx:expr, $ws:expr, $written:expr, $outcomes:expr, $now:expr) => {
+        for w in $written {
+            sqlx::query($crate::store::crm::UPSERT_WRITTEN)
+                .bind($ws.as_str())
+                .bind(w.lead_id.as_str())
+                .bind(w.field.as_str())
+                .bind(w.value.as_str())
+                .bind($now)
+                .execute(&mut *$tx)
+                .await
+                .map_err($crate::store::StoreError::db("record writes"))?;
+        }
+        for o in $outcomes {
+            sqlx::query($crate::store::crm::UPSERT_WRITE_OUTCOME)
+                .bind($ws.as_str())
+                .bind(o.lead_id.as_str())
+                .bind(o.state.as_str())
+                .bind(o.reason.as_str())
+                .bind(i64::from(o.attempts))
+                .bind($now)
+                .execute(&mut *$tx)
+                .await
+                .map_err($crate::store::StoreError::db("record writes"))?;
+        }
+    };
+}
+pub(super) use {record_writes_in, sync_state_query};
+
 macro_rules! impl_crm_store {
     ($ty:ty, $read:ident, $write:ident, $companies_sql:expr, $written_sql:expr, $leads_sql:expr) => {
         impl $crate::store::crm::CrmStore for $ty {
@@ -580,14 +626,7 @@ macro_rules! impl_crm_store {
                 state: &'a SyncState,
             ) -> StoreFuture<'a, ()> {
                 Box::pin(async move {
-                    sqlx::query(UPSERT_SYNC)
-                        .bind(ws.as_str())
-                        .bind(crm)
-                        .bind(object)
-                        .bind(state.watermark)
-                        .bind(state.backfill_done)
-                        .bind(state.last_sync_at)
-                        .bind(state.last_error.as_deref())
+                    sync_state_query!(ws, crm, object, state)
                         .execute(&self.$write)
                         .await
                         .map_err(StoreError::db("save sync state"))?;
@@ -813,29 +852,7 @@ macro_rules! impl_crm_store {
                         .begin()
                         .await
                         .map_err(StoreError::db("record writes"))?;
-                    for w in written {
-                        sqlx::query(UPSERT_WRITTEN)
-                            .bind(ws.as_str())
-                            .bind(w.lead_id.as_str())
-                            .bind(w.field.as_str())
-                            .bind(w.value.as_str())
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(StoreError::db("record writes"))?;
-                    }
-                    for o in outcomes {
-                        sqlx::query(UPSERT_WRITE_OUTCOME)
-                            .bind(ws.as_str())
-                            .bind(o.lead_id.as_str())
-                            .bind(o.state.as_str())
-                            .bind(o.reason.as_str())
-                            .bind(i64::from(o.attempts))
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(StoreError::db("record writes"))?;
-                    }
+                    record_writes_in!(tx, ws, written, outcomes, now);
                     tx.commit().await.map_err(StoreError::db("record writes"))?;
                     Ok(())
                 })

@@ -34,9 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::crm::{
-    SyncState, UPSERT_SYNC, UPSERT_WRITE_OUTCOME, UPSERT_WRITTEN, WriteOutcome, Written,
-};
+use super::crm::{SyncState, WriteOutcome, Written, record_writes_in, sync_state_query};
 use super::{StoreError, StoreFuture};
 use crate::core::lead::WorkspaceId;
 use crate::core::lease::expiry;
@@ -409,14 +407,7 @@ macro_rules! impl_lease_store {
                         .await
                         .map_err(StoreError::db("save sync state"))?;
                     check_fence(&mut tx, lease, now).await?;
-                    sqlx::query(UPSERT_SYNC)
-                        .bind(ws.as_str())
-                        .bind(crm)
-                        .bind(object)
-                        .bind(state.watermark)
-                        .bind(state.backfill_done)
-                        .bind(state.last_sync_at)
-                        .bind(state.last_error.as_deref())
+                    sync_state_query!(ws, crm, object, state)
                         .execute(&mut *tx)
                         .await
                         .map_err(StoreError::db("save sync state"))?;
@@ -442,29 +433,7 @@ macro_rules! impl_lease_store {
                         .await
                         .map_err(StoreError::db("record writes"))?;
                     check_fence(&mut tx, lease, now).await?;
-                    for w in written {
-                        sqlx::query(UPSERT_WRITTEN)
-                            .bind(ws.as_str())
-                            .bind(w.lead_id.as_str())
-                            .bind(w.field.as_str())
-                            .bind(w.value.as_str())
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(StoreError::db("record writes"))?;
-                    }
-                    for o in outcomes {
-                        sqlx::query(UPSERT_WRITE_OUTCOME)
-                            .bind(ws.as_str())
-                            .bind(o.lead_id.as_str())
-                            .bind(o.state.as_str())
-                            .bind(o.reason.as_str())
-                            .bind(i64::from(o.attempts))
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(StoreError::db("record writes"))?;
-                    }
+                    record_writes_in!(tx, ws, written, outcomes, now);
                     tx.commit().await.map_err(StoreError::db("record writes"))?;
                     Ok(())
                 })
