@@ -44,7 +44,7 @@ use super::client::{Body, Method, Request, SalesforceClient};
 use super::errors::ErrorClass;
 use super::write::{
     self, BulkUpload, CollectionRequest, JobState, MAX_ATTEMPTS, PendingWrite, RecordOutcome,
-    WriteError, WriteItem, WritePath, WriteSummary,
+    WriteError, WriteSummary,
 };
 use crate::clock::{Clock, SystemClock};
 
@@ -102,23 +102,6 @@ fn decode(endpoint: &str, e: WriteError) -> SalesforceError {
     SalesforceError::Decode {
         endpoint: endpoint.to_string(),
         message: e.to_string(),
-    }
-}
-
-/// Writes `items` through Collections or Bulk, as `threshold` says.
-pub async fn write_items(
-    client: &SalesforceClient,
-    items: Vec<WriteItem>,
-    threshold: usize,
-) -> WriteRun {
-    let pending: Vec<PendingWrite> = items
-        .into_iter()
-        .filter(|i| !i.changes.is_empty())
-        .map(PendingWrite::new)
-        .collect();
-    match write::choose_path(pending.len(), threshold) {
-        WritePath::Collections => write_collections(client, pending).await,
-        WritePath::Bulk => write_bulk(client, pending).await,
     }
 }
 
