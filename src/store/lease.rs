@@ -310,20 +310,14 @@ macro_rules! impl_lease_store {
                 now: UnixMillis,
             ) -> StoreFuture<'a, Option<Lease>> {
                 Box::pin(async move {
-                    let mut tx = self
-                        .$write
-                        .begin_with($begin)
-                        .await
-                        .map_err(StoreError::db("acquire lease"))?;
                     let row: Option<LeaseDbRow> = sqlx::query_as(ACQUIRE)
                         .bind(name)
                         .bind(holder)
                         .bind(now)
                         .bind(expiry(now, ttl))
-                        .fetch_optional(&mut *tx)
+                        .fetch_optional(&self.$write)
                         .await
                         .map_err(StoreError::db("acquire lease"))?;
-                    tx.commit().await.map_err(StoreError::db("acquire lease"))?;
                     Ok(row.map(LeaseDbRow::into_lease))
                 })
             }
@@ -335,21 +329,13 @@ macro_rules! impl_lease_store {
                 now: UnixMillis,
             ) -> StoreFuture<'a, bool> {
                 Box::pin(async move {
-                    let mut tx = self
-                        .$write
-                        .begin_with($begin)
-                        .await
-                        .map_err(StoreError::db("heartbeat lease"))?;
                     let done = sqlx::query(HEARTBEAT)
                         .bind(lease.name.as_str())
                         .bind(lease.holder.as_str())
                         .bind(lease.token)
                         .bind(now)
                         .bind(expiry(now, ttl))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StoreError::db("heartbeat lease"))?;
-                    tx.commit()
+                        .execute(&self.$write)
                         .await
                         .map_err(StoreError::db("heartbeat lease"))?;
                     Ok(done.rows_affected() == 1)
@@ -362,20 +348,14 @@ macro_rules! impl_lease_store {
                 now: UnixMillis,
             ) -> StoreFuture<'a, bool> {
                 Box::pin(async move {
-                    let mut tx = self
-                        .$write
-                        .begin_with($begin)
-                        .await
-                        .map_err(StoreError::db("release lease"))?;
                     let done = sqlx::query(RELEASE)
                         .bind(lease.name.as_str())
                         .bind(lease.holder.as_str())
                         .bind(lease.token)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .execute(&self.$write)
                         .await
                         .map_err(StoreError::db("release lease"))?;
-                    tx.commit().await.map_err(StoreError::db("release lease"))?;
                     Ok(done.rows_affected() == 1)
                 })
             }
